@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Record diffusers schedulers over a synthetic denoise loop; `cargo test` replays it in Rust.
+
+A fixed function stands in for the UNet:
+    model_output = float32(0.5 * tanh(x) + 0.1 * cos(t / 100 + k))     (x: scaled input, k: flat index)
+computed in float64 so that both sides evaluate it the same way. The loop is the pipelines' loop:
+    sample = randn(shape, generator=torch.Generator().manual_seed(seed)) * init_noise_sigma
+    for t in timesteps: out = f(scale_model_input(sample, t), t); sample = step(out, t, sample, generator)
+
+Writes tests/fixtures/scheduler_goldens.json: per case the scheduler, the config overrides, the step count,
+timesteps, init_noise_sigma and the sample after every step. Run in the fixture venv (see make_fixtures.py).
+"""
+import json
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SD15 = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "clip_sample": False,
+}
+CLASSES = {
+    "pndm": "PNDMScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "dpm++2m": "DPMSolverMultistepScheduler",
+    "lms": "LMSDiscreteScheduler",
+}
+KARRAS = {"euler", "dpm++2m", "lms"}
+SHAPE = (1, 4, 2, 3)  # 24 values: exercises torch.randn's tail recomputation (24 % 16 != 0)
+
+
+def fake_model(x: torch.Tensor, t) -> torch.Tensor:
+    k = np.arange(x.numel()).reshape(x.shape)
+    out = 0.5 * np.tanh(x.double().numpy()) + 0.1 * np.cos(float(t) / 100.0 + k)
+    return torch.from_numpy(out.astype(np.float32))
+
+
+def run(name, overrides, steps, seed=0):
+    cfg = {**SD15, **overrides}
+    sched = getattr(diffusers, CLASSES[name]).from_config(cfg)
+    sched.set_timesteps(steps)
+    gen = torch.Generator().manual_seed(seed)
+    sample = torch.randn(SHAPE, generator=gen) * sched.init_noise_sigma
+    samples = []
+    for t in sched.timesteps:
+        inp = sched.scale_model_input(sample, t)
+        out = fake_model(inp, t)
+        kwargs = {"generator": gen} if name == "euler-a" else {}
+        sample = sched.step(out, t, sample, **kwargs).prev_sample
+        samples.append([float(v) for v in sample.flatten()])
+    return {
+        "scheduler": name,
+        "config": overrides,
+        "steps": steps,
+        "seed": seed,
+        "timesteps": [float(t) for t in sched.timesteps],
+        "init_noise_sigma": float(sched.init_noise_sigma),
+        "samples": samples,
+    }
+
+
+def main():
+    cases = []
+    for name in CLASSES:
+        for steps in (1, 2, 7, 25):
+            cases.append(run(name, {}, steps))
+        cases.append(run(name, {}, 50, seed=3))
+        for spacing in ("leading", "linspace", "trailing"):
+            cases.append(run(name, {"timestep_spacing": spacing}, 10, seed=1))
+        cases.append(run(name, {"prediction_type": "v_prediction"}, 10, seed=2))
+        cases.append(run(name, {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02}, 8, seed=4))
+        cases.append(run(name, {"beta_schedule": "squaredcos_cap_v2"}, 8, seed=5))
+        if name in KARRAS:
+            for steps in (7, 25):
+                cases.append(run(name, {"use_karras_sigmas": True}, steps, seed=6))
+        if name in ("ddim", "euler", "euler-a", "dpm++2m"):
+            cases.append(run(name, {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
+                                    "prediction_type": "v_prediction"}, 10, seed=8))
+        if name == "ddim":
+            cases.append(run(name, {"clip_sample": True, "set_alpha_to_one": True}, 10, seed=9))
+            cases.append(run(name, {"prediction_type": "sample"}, 10, seed=10))
+    out = ROOT / "tests" / "fixtures" / "scheduler_goldens.json"
+    doc = {"diffusers": diffusers.__version__, "torch": torch.__version__, "base_config": SD15, "shape": SHAPE,
+           "cases": cases}
+    out.write_text(json.dumps(doc, separators=(",", ":")))
+    print(f"{len(cases)} cases -> {out.relative_to(ROOT)} ({out.stat().st_size / 1e3:.0f} kB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+//! Gaussian noise that reproduces the generators diffusers users seed:
+//!
+//! * [`TorchCpuRng`]: `torch.Generator("cpu").manual_seed(seed)` followed by `torch.randn(shape)` in float32
+//!   (ATen's mt19937, `normal_fill` for 16 or more values, the cached Box-Muller pair for fewer).
+//! * [`NumpyRng`]: `numpy.random.RandomState(seed).randn(*shape)` (legacy polar Gaussian, float64), cast to
+//!   float32 as diffusers' ONNX pipelines do.
+//!
+//! Both keep their state between draws, so successive calls (initial latents, then the per-step noise of
+//! ancestral samplers) follow the same sequence as one Python generator used by diffusers.
+
+/// Which generator a run uses; chosen with `--rng`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RngKind {
+    Torch,
+    Numpy,
+}
+
+impl RngKind {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "torch" => Some(RngKind::Torch),
+            "numpy" => Some(RngKind::Numpy),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RngKind::Torch => "torch",
+            RngKind::Numpy => "numpy",
+        }
+    }
+
+    pub fn build(self, seed: u64) -> Box<dyn NoiseSource> {
+        match self {
+            RngKind::Torch => Box::new(TorchCpuRng::new(seed)),
+            RngKind::Numpy => Box::new(NumpyRng::new(seed)),
+        }
+    }
+}
+
+/// A source of standard-normal float32 values, drawn in row-major order for a given shape.
+pub trait NoiseSource: Send {
+    fn randn(&mut self, shape: &[usize]) -> Vec<f32>;
+}
+
+/// The 32-bit Mersenne Twister shared by ATen's CPU generator and numpy's `RandomState`.
+#[derive(Clone)]
+struct Mt19937 {
+    state: [u32; 624],
+    index: usize,
+}
+
+impl Mt19937 {
+    fn new(seed: u32) -> Self {
+        let mut state = [0u32; 624];
+        state[0] = seed;
+        for i in 1..624 {
+            let prev = state[i - 1];
+            state[i] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(i as u32);
+        }
+        Mt19937 { state, index: 624 }
+    }
+
+    fn twist(&mut self) {
+        const UPPER: u32 = 0x8000_0000;
+        const LOWER: u32 = 0x7fff_ffff;
+        for i in 0..624 {
+            let y = (self.state[i] & UPPER) | (self.state[(i + 1) % 624] & LOWER);
+            let mut next = self.state[(i + 397) % 624] ^ (y >> 1);
+            if y & 1 != 0 {
+                next ^= 0x9908_b0df;
+            }
+            self.state[i] = next;
+        }
+        self.index = 0;
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        if self.index >= 624 {
+            self.twist();
+        }
+        let mut y = self.state[self.index];
+        self.index += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^= y >> 18;
+        y
+    }
+}
+
+/// `torch.Generator("cpu")`: mt19937 seeded with the low 32 bits of the seed, plus the cached second value
+/// of the double-precision Box-Muller pair that ATen keeps in the generator.
+#[derive(Clone)]
+pub struct TorchCpuRng {
+    mt: Mt19937,
+    next_double_normal: Option<f64>,
+}
+
+impl TorchCpuRng {
+    pub fn new(seed: u64) -> Self {
+        TorchCpuRng { mt: Mt19937::new(seed as u32), next_double_normal: None }
+    }
+
+    /// `at::uniform_real_distribution<float>(0, 1)`: 24 random bits scaled by 2^-24.
+    fn uniform_f32(&mut self) -> f32 {
+        (self.mt.next_u32() & ((1 << 24) - 1)) as f32 * (1.0 / (1u32 << 24) as f32)
+    }
+
+    /// `at::uniform_real_distribution<double>(0, 1)`: 53 bits from two draws, the first one high.
+    fn uniform_f64(&mut self) -> f64 {
+        let hi = self.mt.next_u32() as u64;
+        let lo = self.mt.next_u32() as u64;
+        (((hi << 32) | lo) & ((1u64 << 53) - 1)) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// `at::normal_distribution<double>(0, 1)`, used by `torch.randn` for tensors of fewer than 16 values.
+    fn normal_f64(&mut self) -> f64 {
+        if let Some(v) = self.next_double_normal.take() {
+            return v;
+        }
+        let u1 = self.uniform_f64();
+        let u2 = self.uniform_f64();
+        let r = (-2.0 * (-u2).ln_1p()).sqrt();
+        let theta = 2.0 * std::f64::consts::PI * u1;
+        self.next_double_normal = Some(r * theta.sin());
+        r * theta.cos()
+    }
+
+    /// ATen's `normal_fill_16`: Box-Muller over 16 uniforms, first half cosines, second half sines.
+    fn normal_fill_16(data: &mut [f32]) {
+        for j in 0..8 {
+            let u1 = 1.0 - data[j];
+            let u2 = data[j + 8];
+            let radius = (-2.0 * u1.ln()).sqrt();
+            let theta = (2.0 * std::f64::consts::PI * u2 as f64) as f32;
+            data[j] = radius * theta.cos();
+            data[j + 8] = radius * theta.sin();
+        }
+    }
+}
+
+impl NoiseSource for TorchCpuRng {
+    fn randn(&mut self, shape: &[usize]) -> Vec<f32> {
+        let size: usize = shape.iter().product();
+        if size < 16 {
+            return (0..size).map(|_| self.normal_f64() as f32).collect();
+        }
+        let mut data: Vec<f32> = (0..size).map(|_| self.uniform_f32()).collect();
+        let mut i = 0;
+        while i + 16 <= size {
+            Self::normal_fill_16(&mut data[i..i + 16]);
+            i += 16;
+        }
+        if size % 16 != 0 {
+            // ATen recomputes the last 16 values from fresh uniforms.
+            let tail = &mut data[size - 16..];
+            for v in tail.iter_mut() {
+                *v = self.uniform_f32();
+            }
+            Self::normal_fill_16(tail);
+        }
+        data
+    }
+}
+
+/// `numpy.random.RandomState(seed)`: mt19937 with `legacy_gauss` (polar method, one value cached).
+#[derive(Clone)]
+pub struct NumpyRng {
+    mt: Mt19937,
+    gauss: Option<f64>,
+}
+
+impl NumpyRng {
+    pub fn new(seed: u64) -> Self {
+        NumpyRng { mt: Mt19937::new(seed as u32), gauss: None }
+    }
+
+    fn double(&mut self) -> f64 {
+        let a = (self.mt.next_u32() >> 5) as f64;
+        let b = (self.mt.next_u32() >> 6) as f64;
+        (a * 67_108_864.0 + b) / 9_007_199_254_740_992.0
+    }
+
+    pub fn gauss(&mut self) -> f64 {
+        if let Some(g) = self.gauss.take() {
+            return g;
+        }
+        loop {
+            let x1 = 2.0 * self.double() - 1.0;
+            let x2 = 2.0 * self.double() - 1.0;
+            let r2 = x1 * x1 + x2 * x2;
+            if r2 < 1.0 && r2 != 0.0 {
+                let f = (-2.0 * r2.ln() / r2).sqrt();
+                self.gauss = Some(f * x1);
+                return f * x2;
+            }
+        }
+    }
+}
+
+impl NoiseSource for NumpyRng {
+    fn randn(&mut self, shape: &[usize]) -> Vec<f32> {
+        let size: usize = shape.iter().product();
+        (0..size).map(|_| self.gauss() as f32).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_small_and_large_draws_match_pytorch() {
+        // torch.Generator().manual_seed(0); torch.randn(3); torch.randn(1)
+        let mut g = TorchCpuRng::new(0);
+        let a = g.randn(&[3]);
+        assert_eq!(a, vec![1.540_996_1_f32, -0.293_428_9, -2.178_789_4]);
+        assert_eq!(g.randn(&[1]), vec![0.568_431_26_f32]);
+    }
+
+    #[test]
+    fn mt19937_reference_value() {
+        // The 10000th output of mt19937 seeded with 5489 is 4123659995 (C++ standard, [rand.predef]).
+        let mut mt = Mt19937::new(5489);
+        let mut v = 0;
+        for _ in 0..10000 {
+            v = mt.next_u32();
+        }
+        assert_eq!(v, 4_123_659_995);
+    }
+}

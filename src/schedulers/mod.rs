@@ -1,0 +1,165 @@
+//! Noise schedulers, one file per algorithm, each a port of the diffusers class it names.
+//!
+//! The interface follows diffusers' `schedulers/`: a scheduler is built from a config (the folder's
+//! `scheduler_config.json`, read with the chosen class's own defaults for missing keys, as `from_config`
+//! does), `set_timesteps` fixes the schedule, and the pipeline calls `scale_model_input` and `step` once per
+//! timestep. Steps are addressed by index (diffusers' `step_index`).
+//!
+//! This module never touches ONNX Runtime or images: its inputs are latents and noise.
+
+mod config;
+mod ddim;
+mod dpmpp_2m;
+mod euler;
+mod euler_ancestral;
+mod lms;
+mod pndm;
+mod schedule;
+
+pub use config::SchedulerConfig;
+
+use crate::rng::NoiseSource;
+use ndarray::Array4;
+
+/// Latents as the UNet sees them: (batch, channels, height, width).
+pub type Latents = Array4<f32>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("scheduler config `{key}`: {msg}")]
+    Config { key: String, msg: String },
+    #[error("unknown scheduler `{0}` (choose one of: {names})", names = SchedulerKind::names().join(", "))]
+    UnknownName(String),
+    #[error("the scheduler class `{0}` in scheduler_config.json has no port here; pick one with --scheduler ({names})", names = SchedulerKind::names().join(", "))]
+    UnknownClass(String),
+    #[error("steps must be at least 1")]
+    ZeroSteps,
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+pub(crate) fn config_err(key: &str, msg: impl Into<String>) -> SchedulerError {
+    SchedulerError::Config { key: key.to_string(), msg: msg.into() }
+}
+
+/// One denoising algorithm.
+pub trait Scheduler: Send {
+    /// The timesteps the UNet is called with, in order (diffusers' `scheduler.timesteps`).
+    fn timesteps(&self) -> &[f64];
+    /// Factor applied to the initial Gaussian noise.
+    fn init_noise_sigma(&self) -> f32;
+    /// Scale the (CFG-duplicated) UNet input for step `index`; identity for DDPM-style schedulers.
+    fn scale_model_input(&self, sample: Latents, index: usize) -> Latents {
+        let _ = index;
+        sample
+    }
+    /// Advance `sample` by one step given the guided model output; ancestral schedulers draw from `noise`.
+    fn step(&mut self, model_output: &Latents, index: usize, sample: &Latents, noise: &mut dyn NoiseSource) -> Latents;
+}
+
+/// The schedulers we ship, by CLI name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedulerKind {
+    Pndm,
+    Ddim,
+    Euler,
+    EulerAncestral,
+    DpmPp2m,
+    Lms,
+}
+
+const ALL: [(SchedulerKind, &str, &str, &str); 6] = [
+    (SchedulerKind::Pndm, "pndm", "PNDMScheduler", "pseudo numerical methods (PLMS), the SD 1.x default"),
+    (SchedulerKind::Ddim, "ddim", "DDIMScheduler", "denoising diffusion implicit models, deterministic (eta 0)"),
+    (SchedulerKind::Euler, "euler", "EulerDiscreteScheduler", "Euler method on the k-diffusion sigma ODE"),
+    (
+        SchedulerKind::EulerAncestral,
+        "euler-a",
+        "EulerAncestralDiscreteScheduler",
+        "Euler with fresh noise each step (ancestral)",
+    ),
+    (SchedulerKind::DpmPp2m, "dpm++2m", "DPMSolverMultistepScheduler", "DPM-Solver++ second-order multistep"),
+    (SchedulerKind::Lms, "lms", "LMSDiscreteScheduler", "linear multistep (order 4) on the sigma ODE"),
+];
+
+impl SchedulerKind {
+    pub fn names() -> Vec<&'static str> {
+        ALL.iter().map(|e| e.1).collect()
+    }
+
+    pub fn all() -> impl Iterator<Item = (SchedulerKind, &'static str, &'static str)> {
+        ALL.iter().map(|e| (e.0, e.1, e.3))
+    }
+
+    pub fn from_name(name: &str) -> Result<Self, SchedulerError> {
+        ALL.iter()
+            .find(|e| e.1 == name)
+            .map(|e| e.0)
+            .ok_or_else(|| SchedulerError::UnknownName(name.to_string()))
+    }
+
+    pub fn from_class(class: &str) -> Result<Self, SchedulerError> {
+        ALL.iter()
+            .find(|e| e.2 == class)
+            .map(|e| e.0)
+            .ok_or_else(|| SchedulerError::UnknownClass(class.to_string()))
+    }
+
+    pub fn name(self) -> &'static str {
+        ALL.iter().find(|e| e.0 == self).map_or("", |e| e.1)
+    }
+
+    /// The diffusers class this ports.
+    pub fn class_name(self) -> &'static str {
+        ALL.iter().find(|e| e.0 == self).map_or("", |e| e.2)
+    }
+
+    /// Build the scheduler from the folder's config (with this class's defaults) and set `steps` timesteps.
+    pub fn build(self, config: &SchedulerConfig, steps: usize) -> Result<Box<dyn Scheduler>, SchedulerError> {
+        if steps == 0 {
+            return Err(SchedulerError::ZeroSteps);
+        }
+        Ok(match self {
+            SchedulerKind::Pndm => Box::new(pndm::Pndm::new(config, steps)?),
+            SchedulerKind::Ddim => Box::new(ddim::Ddim::new(config, steps)?),
+            SchedulerKind::Euler => Box::new(euler::Euler::new(config, steps)?),
+            SchedulerKind::EulerAncestral => Box::new(euler_ancestral::EulerAncestral::new(config, steps)?),
+            SchedulerKind::DpmPp2m => Box::new(dpmpp_2m::DpmPp2m::new(config, steps)?),
+            SchedulerKind::Lms => Box::new(lms::Lms::new(config, steps)?),
+        })
+    }
+}
+
+/// How a model's output is to be read (`prediction_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    VPrediction,
+    Sample,
+}
+
+impl Prediction {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "epsilon" => Some(Prediction::Epsilon),
+            "v_prediction" => Some(Prediction::VPrediction),
+            "sample" | "original_sample" => Some(Prediction::Sample),
+            _ => None,
+        }
+    }
+}
+
+/// Elementwise `a * x + b * y`, the shape of nearly every scheduler update.
+pub(crate) fn axpby(a: f32, x: &Latents, b: f32, y: &Latents) -> Latents {
+    let mut out = x.clone();
+    out.zip_mut_with(y, |o, &yv| *o = a * *o + b * yv);
+    out
+}
+
+/// Draw noise shaped like `like` from the run's generator.
+pub(crate) fn noise_like(like: &Latents, noise: &mut dyn NoiseSource) -> Latents {
+    let shape = like.raw_dim();
+    let values = noise.randn(like.shape());
+    // randn returns exactly product(shape) values.
+    Array4::from_shape_vec(shape, values).unwrap_or_else(|_| Array4::zeros(like.raw_dim()))
+}

@@ -1,0 +1,335 @@
+//! What every scheduler shares: the training noise schedule (betas, alphas_cumprod) and the helpers that
+//! diffusers copies between classes (`timestep_spacing`, `np.interp` of sigmas, Karras sigmas, `_sigma_to_t`).
+//! Arithmetic follows the dtypes diffusers uses: torch float32 for the betas, numpy float64 elsewhere.
+
+use super::{SchedulerConfig, SchedulerError, config_err};
+
+/// `torch.linspace(start, end, steps, dtype=float32)` as ATen computes it: from both ends towards the middle.
+pub fn torch_linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
+    let (s, e) = (start as f32, end as f32);
+    if steps == 1 {
+        return vec![s];
+    }
+    let step = (e - s) / (steps - 1) as f32;
+    let halfway = steps / 2;
+    (0..steps)
+        .map(|i| if i < halfway { s + step * i as f32 } else { e - step * (steps - i - 1) as f32 })
+        .collect()
+}
+
+/// `np.linspace(start, stop, num)` in float64.
+pub fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    if num == 0 {
+        return Vec::new();
+    }
+    if num == 1 {
+        return vec![start];
+    }
+    let step = (stop - start) / (num - 1) as f64;
+    let mut v: Vec<f64> = (0..num).map(|i| i as f64 * step + start).collect();
+    v[num - 1] = stop;
+    v
+}
+
+/// `np.arange(start, stop, step)` for a float step (negative steps count down).
+pub fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    let len = ((stop - start) / step).ceil().max(0.0) as usize;
+    (0..len).map(|i| start + i as f64 * step).collect()
+}
+
+/// Numpy's `round` (half to even).
+pub fn np_round(x: f64) -> f64 {
+    x.round_ties_even()
+}
+
+/// How a class treats `rescale_betas_zero_snr`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ZeroSnr {
+    /// Not a constructor argument of the class: the key is ignored.
+    NotAccepted,
+    /// Rescaled betas, terminal alphas_cumprod left at 0 (DDIM).
+    Accepted,
+    /// Rescaled, then the terminal alphas_cumprod set to 2**-24 so sigma stays finite (Euler, DPM).
+    ClampLast,
+}
+
+/// The config keys that define the training noise schedule, with the defaults all our classes share.
+pub struct TrainSchedule {
+    pub num_train_timesteps: usize,
+    pub alphas_cumprod: Vec<f32>,
+}
+
+impl TrainSchedule {
+    /// `betas` -> `alphas_cumprod` exactly as the diffusers constructors do.
+    pub fn from_config(config: &SchedulerConfig, zero_snr: ZeroSnr) -> Result<Self, SchedulerError> {
+        let n = config.usize("num_train_timesteps", 1000)?;
+        if n < 2 {
+            return Err(config_err("num_train_timesteps", "must be at least 2"));
+        }
+        let betas: Vec<f32> = if let Some(trained) = config.opt_f64_list("trained_betas")? {
+            if trained.len() != n {
+                return Err(config_err("trained_betas", format!("has {} values, expected {n}", trained.len())));
+            }
+            trained.iter().map(|&b| b as f32).collect()
+        } else {
+            let start = config.f64("beta_start", 0.0001)?;
+            let end = config.f64("beta_end", 0.02)?;
+            match config.str("beta_schedule", "linear")? {
+                "linear" => torch_linspace_f32(start, end, n),
+                "scaled_linear" => torch_linspace_f32(start.sqrt(), end.sqrt(), n).iter().map(|b| b * b).collect(),
+                "squaredcos_cap_v2" => betas_for_alpha_bar(n),
+                other => {
+                    return Err(config_err(
+                        "beta_schedule",
+                        format!("`{other}` is not one of linear, scaled_linear, squaredcos_cap_v2"),
+                    ));
+                }
+            }
+        };
+        let rescale = zero_snr != ZeroSnr::NotAccepted && config.bool("rescale_betas_zero_snr", false)?;
+        let betas = if rescale { rescale_zero_terminal_snr(&betas) } else { betas };
+        let alphas: Vec<f32> = betas.iter().map(|b| 1.0 - b).collect();
+        let mut alphas_cumprod = cumprod(&alphas);
+        if rescale && zero_snr == ZeroSnr::ClampLast {
+            // diffusers (sigma-based classes): "Close to 0 without being 0 so first sigma is not inf".
+            alphas_cumprod[n - 1] = 2f32.powi(-24);
+        }
+        Ok(TrainSchedule { num_train_timesteps: n, alphas_cumprod })
+    }
+
+    /// `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5` in float32, indexed by training timestep.
+    pub fn sigmas(&self) -> Vec<f32> {
+        self.alphas_cumprod.iter().map(|a| ((1.0 - a) / a).sqrt()).collect()
+    }
+}
+
+/// `torch.cumprod` on CPU accumulates in double and rounds each partial product to float.
+fn cumprod(values: &[f32]) -> Vec<f32> {
+    let mut acc = 1.0f64;
+    values
+        .iter()
+        .map(|&v| {
+            acc *= v as f64;
+            acc as f32
+        })
+        .collect()
+}
+
+/// diffusers' `betas_for_alpha_bar` with the cosine transform (Glide's `squaredcos_cap_v2`).
+fn betas_for_alpha_bar(n: usize) -> Vec<f32> {
+    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    (0..n)
+        .map(|i| {
+            let t1 = i as f64 / n as f64;
+            let t2 = (i + 1) as f64 / n as f64;
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+        })
+        .collect()
+}
+
+/// diffusers' `rescale_zero_terminal_snr` (arXiv:2305.08891, Algorithm 1), in float32 like torch.
+fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
+    let alphas: Vec<f32> = betas.iter().map(|b| 1.0 - b).collect();
+    let mut sqrt_bar: Vec<f32> = cumprod(&alphas).iter().map(|a| a.sqrt()).collect();
+    let first = sqrt_bar[0];
+    let last = sqrt_bar[sqrt_bar.len() - 1];
+    for v in sqrt_bar.iter_mut() {
+        *v -= last;
+        *v *= first / (first - last);
+    }
+    let bar: Vec<f32> = sqrt_bar.iter().map(|v| v * v).collect();
+    let mut out = Vec::with_capacity(bar.len());
+    out.push(1.0 - bar[0]);
+    for i in 1..bar.len() {
+        out.push(1.0 - bar[i] / bar[i - 1]);
+    }
+    out
+}
+
+/// `timestep_spacing` as the sigma-based classes (Euler, Euler ancestral, LMS) apply it: float timesteps,
+/// descending.
+pub fn spaced_timesteps_float(config: &SchedulerConfig, n_train: usize, steps: usize, default: &str) -> Result<Vec<f64>, SchedulerError> {
+    let offset = config.usize("steps_offset", 0)? as f64;
+    let ts: Vec<f64> = match config.str("timestep_spacing", default)? {
+        "linspace" => {
+            let mut v: Vec<f64> = np_linspace(0.0, (n_train - 1) as f64, steps).iter().map(|&x| x as f32 as f64).collect();
+            v.reverse();
+            v
+        }
+        "leading" => {
+            let ratio = (n_train / steps) as f64;
+            (0..steps).rev().map(|i| np_round(i as f64 * ratio) as f32 as f64 + offset).collect()
+        }
+        "trailing" => {
+            let ratio = n_train as f64 / steps as f64;
+            np_arange(n_train as f64, 0.0, -ratio).iter().map(|&x| np_round(x) as f32 as f64 - 1.0).collect()
+        }
+        other => return Err(spacing_err(other)),
+    };
+    Ok(ts)
+}
+
+pub fn spacing_err(value: &str) -> SchedulerError {
+    config_err("timestep_spacing", format!("`{value}` is not one of linspace, leading, trailing"))
+}
+
+/// `np.interp(x, arange(len(fp)), fp)` for `x` inside `[0, len-1]`.
+pub fn interp_index(x: f64, fp: &[f32]) -> f64 {
+    let last = fp.len() - 1;
+    if x <= 0.0 {
+        return fp[0] as f64;
+    }
+    if x >= last as f64 {
+        return fp[last] as f64;
+    }
+    let j = x.floor() as usize;
+    let slope = fp[j + 1] as f64 - fp[j] as f64;
+    slope * (x - j as f64) + fp[j] as f64
+}
+
+/// k-diffusion's Karras et al. (2022) sigmas, rho = 7, from `sigma_max` down to `sigma_min`.
+pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
+    let rho = 7.0;
+    let min_inv = sigma_min.powf(1.0 / rho);
+    let max_inv = sigma_max.powf(1.0 / rho);
+    np_linspace(0.0, 1.0, steps).iter().map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho)).collect()
+}
+
+/// diffusers' `_sigma_to_t`: the fractional training timestep whose sigma is `sigma`, interpolating in log
+/// space between neighbouring training sigmas. `log_sigmas` is float32 as numpy computes it there.
+pub fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let mut low = 0usize;
+    for (i, &ls) in log_sigmas.iter().enumerate() {
+        if log_sigma - ls as f64 >= 0.0 {
+            low = i;
+        }
+    }
+    let low = low.min(log_sigmas.len() - 2);
+    let high = low + 1;
+    let (lo, hi) = (log_sigmas[low] as f64, log_sigmas[high] as f64);
+    let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
+    (1.0 - w) * low as f64 + w * high as f64
+}
+
+pub fn log_sigmas(sigmas: &[f32]) -> Vec<f32> {
+    sigmas.iter().map(|s| s.ln()).collect()
+}
+
+/// Reject the sigma variants diffusers offers that we have not ported, naming the key.
+pub fn reject_sigma_variants(config: &SchedulerConfig, keys: &[&str]) -> Result<(), SchedulerError> {
+    for key in keys {
+        config.require_default_bool(key, false)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linspace_matches_numpy_endpoints() {
+        let v = np_linspace(0.0, 999.0, 25);
+        assert_eq!(v[0], 0.0);
+        assert_eq!(v[24], 999.0);
+        assert!((v[1] - 41.625).abs() < 1e-12);
+    }
+
+    #[test]
+    fn round_is_half_even() {
+        assert_eq!(np_round(2.5), 2.0);
+        assert_eq!(np_round(3.5), 4.0);
+    }
+
+    #[test]
+    fn sigma_to_t_inverts_training_sigmas() {
+        let cfg = SchedulerConfig::default();
+        let sched = TrainSchedule::from_config(&cfg, ZeroSnr::NotAccepted).unwrap();
+        let sigmas = sched.sigmas();
+        let logs = log_sigmas(&sigmas);
+        let t = sigma_to_t(sigmas[500] as f64, &logs);
+        assert!((t - 500.0).abs() < 1e-3, "{t}");
+    }
+}
+
+/// The k-diffusion style schedule of the sigma-based classes (Euler, Euler ancestral, LMS): float timesteps,
+/// `steps + 1` float32 sigmas ending in the final sigma, and the input scaling they share.
+pub struct SigmaSchedule {
+    pub timesteps: Vec<f64>,
+    pub sigmas: Vec<f32>,
+    pub init_noise_sigma: f32,
+}
+
+/// Which sigma spacing the class was asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SigmaSpacing {
+    Interpolated,
+    /// Karras sigmas between the interpolated ends (LMS).
+    Karras,
+    /// Karras sigmas whose ends the config's `sigma_min` / `sigma_max` may override (Euler).
+    KarrasConfigBounds,
+}
+
+impl SigmaSchedule {
+    /// `set_timesteps` of EulerDiscrete / EulerAncestralDiscrete / LMSDiscrete. `final_sigma_min` is
+    /// `final_sigmas_type == "sigma_min"` (Euler only).
+    pub fn new(
+        config: &SchedulerConfig,
+        train: &TrainSchedule,
+        steps: usize,
+        spacing: SigmaSpacing,
+        final_sigma_min: bool,
+    ) -> Result<Self, SchedulerError> {
+        let n = train.num_train_timesteps;
+        let mut timesteps = spaced_timesteps_float(config, n, steps, "linspace")?;
+        if timesteps.iter().any(|&t| t < 0.0 || t > (n - 1) as f64) {
+            return Err(config_err("steps_offset", format!("puts timesteps outside 0..{n}")));
+        }
+        let all = train.sigmas();
+        let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp_index(t, &all)).collect();
+        if spacing != SigmaSpacing::Interpolated {
+            let logs = log_sigmas(&all);
+            let (mut smin, mut smax) = (sigmas[sigmas.len() - 1], sigmas[0]);
+            if spacing == SigmaSpacing::KarrasConfigBounds {
+                smin = config.opt_f64("sigma_min")?.unwrap_or(smin);
+                smax = config.opt_f64("sigma_max")?.unwrap_or(smax);
+            }
+            sigmas = karras_sigmas(smin, smax, steps);
+            timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &logs) as f32 as f64).collect();
+        }
+        let last = if final_sigma_min { ((1.0 - train.alphas_cumprod[0]) / train.alphas_cumprod[0]).sqrt() as f64 } else { 0.0 };
+        sigmas.push(last);
+        let sigmas: Vec<f32> = sigmas.iter().map(|&s| s as f32).collect();
+        let max = sigmas.iter().copied().fold(f32::MIN, f32::max);
+        let init_noise_sigma = match config.str("timestep_spacing", "linspace")? {
+            "linspace" | "trailing" => max,
+            _ => (max * max + 1.0).sqrt(),
+        };
+        Ok(SigmaSchedule { timesteps, sigmas, init_noise_sigma })
+    }
+
+    /// `sample / ((sigma**2 + 1) ** 0.5)`.
+    pub fn scale(&self, mut sample: super::Latents, index: usize) -> super::Latents {
+        let s = self.sigmas[index];
+        let d = (s * s + 1.0).sqrt();
+        sample.mapv_inplace(|v| v / d);
+        sample
+    }
+
+    /// The denoised estimate x0 for the given prediction type at sigma.
+    pub fn predict_x0(prediction: super::Prediction, sigma: f32, sample: &super::Latents, model_output: &super::Latents) -> super::Latents {
+        use super::Prediction::*;
+        let mut x0 = sample.clone();
+        match prediction {
+            Epsilon => x0.zip_mut_with(model_output, |s, &m| *s -= sigma * m),
+            Sample => x0.assign(model_output),
+            VPrediction => {
+                let c_out = -sigma / (sigma * sigma + 1.0).sqrt();
+                let c_skip = sigma * sigma + 1.0;
+                x0.zip_mut_with(model_output, |s, &m| *s = m * c_out + *s / c_skip);
+            }
+        }
+        x0
+    }
+}
