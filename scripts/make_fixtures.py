@@ -470,7 +470,14 @@ def main():
         tok_cases = work / "tokenizer_cases.json"
         write_tokenizer_cases(pipe.tokenizer, tok_cases)
         refs = work / "txt2img"
-        render_references(pipe, refs)
+        # Render from the pipeline as saved to disk, the way users load a folder. (An in-memory pipeline's
+        # scheduler config carries `_use_default_values`, and diffusers drops those keys when switching
+        # classes; a folder's scheduler_config.json states them, and they are carried over.)
+        from diffusers import StableDiffusionPipeline
+
+        disk_pipe = StableDiffusionPipeline.from_pretrained(pt_dir, safety_checker=None, requires_safety_checker=False)
+        disk_pipe.set_progress_bar_config(disable=True)
+        render_references(disk_pipe, refs)
 
         # Everything checked: now replace what the repo holds.
         ONNX_DIR.mkdir(exist_ok=True)

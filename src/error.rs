@@ -14,16 +14,22 @@ pub enum Error {
     Model { path: PathBuf, msg: String },
     /// A file we had to read could not be read (exit code 2: the user pointed us at it).
     #[error("{}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// An output could not be written (exit code 1).
     #[error("{}: {source}", path.display())]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The ONNX Runtime library could not be found or loaded (exit code 2: it is a set-up step).
     #[error("{0}")]
     Runtime(String),
     /// ONNX Runtime failed while running a graph (exit code 1).
-    #[error("{context}: {source}")]
-    Ort { context: String, source: ort::Error },
+    #[error("{context}: {msg}")]
+    Ort { context: String, msg: String },
     /// A scheduler config value we cannot honour.
     #[error("{0}")]
     Scheduler(#[from] crate::schedulers::SchedulerError),
@@ -35,17 +41,27 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Error::Usage(_) | Error::Model { .. } | Error::Read { .. } | Error::Runtime(_) | Error::Scheduler(_)
+            Error::Usage(_)
+                | Error::Model { .. }
+                | Error::Read { .. }
+                | Error::Runtime(_)
+                | Error::Scheduler(_)
         )
     }
 
     pub(crate) fn model(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Model { path: path.into(), msg: msg.into() }
+        Error::Model {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 
-    pub(crate) fn ort(context: impl Into<String>) -> impl FnOnce(ort::Error) -> Self {
+    pub(crate) fn ort<E: std::fmt::Display>(context: impl Into<String>) -> impl FnOnce(E) -> Self {
         let context = context.into();
-        move |source| Error::Ort { context, source }
+        move |e| Error::Ort {
+            context,
+            msg: e.to_string(),
+        }
     }
 }
 

@@ -1,8 +1,15 @@
 //! sd-onnx: Stable Diffusion from exported ONNX graphs, with everything around the graphs in Rust.
 //! See ARCHITECTURE.md for the map.
 
+pub mod cli;
 pub mod error;
+pub mod graphs;
+pub mod output;
+pub mod pipeline;
+pub mod profile;
 pub mod rng;
+pub mod runtime;
 pub mod schedulers;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -57,7 +57,9 @@ impl Mt19937 {
         state[0] = seed;
         for i in 1..624 {
             let prev = state[i - 1];
-            state[i] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(i as u32);
+            state[i] = 1_812_433_253u32
+                .wrapping_mul(prev ^ (prev >> 30))
+                .wrapping_add(i as u32);
         }
         Mt19937 { state, index: 624 }
     }
@@ -100,7 +102,10 @@ pub struct TorchCpuRng {
 
 impl TorchCpuRng {
     pub fn new(seed: u64) -> Self {
-        TorchCpuRng { mt: Mt19937::new(seed as u32), next_double_normal: None }
+        TorchCpuRng {
+            mt: Mt19937::new(seed as u32),
+            next_double_normal: None,
+        }
     }
 
     /// `at::uniform_real_distribution<float>(0, 1)`: 24 random bits scaled by 2^-24.
@@ -174,7 +179,10 @@ pub struct NumpyRng {
 
 impl NumpyRng {
     pub fn new(seed: u64) -> Self {
-        NumpyRng { mt: Mt19937::new(seed as u32), gauss: None }
+        NumpyRng {
+            mt: Mt19937::new(seed as u32),
+            gauss: None,
+        }
     }
 
     fn double(&mut self) -> f64 {

@@ -39,37 +39,45 @@ impl SchedulerConfig {
     pub fn f64(&self, key: &str, default: f64) -> Result<f64, SchedulerError> {
         match self.present(key) {
             None => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| config_err(key, format!("expected a number, found {v}"))),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| config_err(key, format!("expected a number, found {v}"))),
         }
     }
 
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>, SchedulerError> {
         self.present(key)
-            .map(|v| v.as_f64().ok_or_else(|| config_err(key, format!("expected a number, found {v}"))))
+            .map(|v| {
+                v.as_f64()
+                    .ok_or_else(|| config_err(key, format!("expected a number, found {v}")))
+            })
             .transpose()
     }
 
     pub fn usize(&self, key: &str, default: usize) -> Result<usize, SchedulerError> {
         match self.present(key) {
             None => Ok(default),
-            Some(v) => v
-                .as_u64()
-                .map(|n| n as usize)
-                .ok_or_else(|| config_err(key, format!("expected a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                config_err(key, format!("expected a non-negative integer, found {v}"))
+            }),
         }
     }
 
     pub fn bool(&self, key: &str, default: bool) -> Result<bool, SchedulerError> {
         match self.present(key) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| config_err(key, format!("expected true or false, found {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| config_err(key, format!("expected true or false, found {v}"))),
         }
     }
 
     pub fn str<'a>(&'a self, key: &str, default: &'a str) -> Result<&'a str, SchedulerError> {
         match self.present(key) {
             None => Ok(default),
-            Some(v) => v.as_str().ok_or_else(|| config_err(key, format!("expected a string, found {v}"))),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| config_err(key, format!("expected a string, found {v}"))),
         }
     }
 
@@ -78,24 +86,37 @@ impl SchedulerConfig {
             None => Ok(None),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_f64().ok_or_else(|| config_err(key, "expected a list of numbers")))
+                .map(|v| {
+                    v.as_f64()
+                        .ok_or_else(|| config_err(key, "expected a list of numbers"))
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
-            Some(v) => Err(config_err(key, format!("expected a list of numbers, found {v}"))),
+            Some(v) => Err(config_err(
+                key,
+                format!("expected a list of numbers, found {v}"),
+            )),
         }
     }
 
     pub fn prediction(&self) -> Result<Prediction, SchedulerError> {
         let value = self.str("prediction_type", "epsilon")?;
-        Prediction::parse(value)
-            .ok_or_else(|| config_err("prediction_type", format!("`{value}` is not one of epsilon, v_prediction, sample")))
+        Prediction::parse(value).ok_or_else(|| {
+            config_err(
+                "prediction_type",
+                format!("`{value}` is not one of epsilon, v_prediction, sample"),
+            )
+        })
     }
 
     /// A key that must hold its default because we do not port the alternative.
     pub fn require_default_bool(&self, key: &str, default: bool) -> Result<(), SchedulerError> {
         let v = self.bool(key, default)?;
         if v != default {
-            return Err(config_err(key, format!("`{v}` is not supported by this port (only `{default}`)")));
+            return Err(config_err(
+                key,
+                format!("`{v}` is not supported by this port (only `{default}`)"),
+            ));
         }
         Ok(())
     }

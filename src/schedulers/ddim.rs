@@ -1,7 +1,7 @@
 //! DDIM with eta = 0 (the pipelines' default): deterministic.
 //! Port of diffusers `schedulers/scheduling_ddim.py` (`DDIMScheduler.set_timesteps`, `step`).
 
-use super::schedule::{ZeroSnr, TrainSchedule, np_arange, np_linspace, np_round, spacing_err};
+use super::schedule::{TrainSchedule, ZeroSnr, np_arange, np_linspace, np_round, spacing_err};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err};
 use crate::rng::NoiseSource;
 
@@ -19,24 +19,48 @@ impl Ddim {
         let train = TrainSchedule::from_config(config, ZeroSnr::Accepted)?;
         let n = train.num_train_timesteps;
         if steps > n {
-            return Err(config_err("num_train_timesteps", format!("{steps} steps exceed the {n} training timesteps")));
+            return Err(config_err(
+                "num_train_timesteps",
+                format!("{steps} steps exceed the {n} training timesteps"),
+            ));
         }
         config.require_default_bool("thresholding", false)?;
         let offset = config.usize("steps_offset", 0)? as i64;
         let ts: Vec<i64> = match config.str("timestep_spacing", "leading")? {
-            "linspace" => np_linspace(0.0, (n - 1) as f64, steps).iter().rev().map(|&x| np_round(x) as i64).collect(),
+            "linspace" => np_linspace(0.0, (n - 1) as f64, steps)
+                .iter()
+                .rev()
+                .map(|&x| np_round(x) as i64)
+                .collect(),
             "leading" => {
                 let ratio = (n / steps) as i64;
-                (0..steps as i64).rev().map(|i| i * ratio + offset).collect()
+                (0..steps as i64)
+                    .rev()
+                    .map(|i| i * ratio + offset)
+                    .collect()
             }
-            "trailing" => np_arange(n as f64, 0.0, -(n as f64 / steps as f64)).iter().map(|&x| np_round(x) as i64 - 1).collect(),
+            "trailing" => np_arange(n as f64, 0.0, -(n as f64 / steps as f64))
+                .iter()
+                .map(|&x| np_round(x) as i64 - 1)
+                .collect(),
             other => return Err(spacing_err(other)),
         };
         if ts.iter().any(|&t| t < 0 || t >= n as i64) {
-            return Err(config_err("steps_offset", format!("puts timesteps outside 0..{n}")));
+            return Err(config_err(
+                "steps_offset",
+                format!("puts timesteps outside 0..{n}"),
+            ));
         }
-        let clip = if config.bool("clip_sample", true)? { Some(config.f64("clip_sample_range", 1.0)? as f32) } else { None };
-        let final_alpha_cumprod = if config.bool("set_alpha_to_one", true)? { 1.0 } else { train.alphas_cumprod[0] };
+        let clip = if config.bool("clip_sample", true)? {
+            Some(config.f64("clip_sample_range", 1.0)? as f32)
+        } else {
+            None
+        };
+        let final_alpha_cumprod = if config.bool("set_alpha_to_one", true)? {
+            1.0
+        } else {
+            train.alphas_cumprod[0]
+        };
         Ok(Ddim {
             alphas_cumprod: train.alphas_cumprod,
             final_alpha_cumprod,
@@ -57,29 +81,43 @@ impl Scheduler for Ddim {
         1.0
     }
 
-    fn step(&mut self, model_output: &Latents, index: usize, sample: &Latents, _noise: &mut dyn NoiseSource) -> Latents {
+    fn step(
+        &mut self,
+        model_output: &Latents,
+        index: usize,
+        sample: &Latents,
+        _noise: &mut dyn NoiseSource,
+    ) -> Latents {
         let t = self.timesteps[index] as i64;
         let prev_t = t - self.step_ratio;
         let a_t = self.alphas_cumprod[t as usize];
-        let a_prev = if prev_t >= 0 { self.alphas_cumprod[prev_t as usize] } else { self.final_alpha_cumprod };
+        let a_prev = if prev_t >= 0 {
+            self.alphas_cumprod[prev_t as usize]
+        } else {
+            self.final_alpha_cumprod
+        };
         let b_t = 1.0 - a_t;
         let (sa, sb) = (a_t.sqrt(), b_t.sqrt());
         let mut x0 = sample.clone();
         let mut eps = model_output.clone();
-        ndarray::Zip::from(&mut x0).and(&mut eps).and(sample).and(model_output).for_each(|x, e, &s, &m| match self.prediction {
-            Prediction::Epsilon => {
-                *x = (s - sb * m) / sa;
-                *e = m;
-            }
-            Prediction::Sample => {
-                *x = m;
-                *e = (s - sa * m) / sb;
-            }
-            Prediction::VPrediction => {
-                *x = sa * s - sb * m;
-                *e = sa * m + sb * s;
-            }
-        });
+        ndarray::Zip::from(&mut x0)
+            .and(&mut eps)
+            .and(sample)
+            .and(model_output)
+            .for_each(|x, e, &s, &m| match self.prediction {
+                Prediction::Epsilon => {
+                    *x = (s - sb * m) / sa;
+                    *e = m;
+                }
+                Prediction::Sample => {
+                    *x = m;
+                    *e = (s - sa * m) / sb;
+                }
+                Prediction::VPrediction => {
+                    *x = sa * s - sb * m;
+                    *e = sa * m + sb * s;
+                }
+            });
         if let Some(r) = self.clip {
             x0.mapv_inplace(|v| v.clamp(-r, r));
         }

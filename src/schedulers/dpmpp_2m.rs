@@ -3,9 +3,9 @@
 //! `algorithm_type="dpmsolver++"`, `solver_order=2`): `set_timesteps`, `convert_model_output`,
 //! `dpm_solver_first_order_update`, `multistep_dpm_solver_second_order_update`, `step`.
 
-use super::schedule::{ZeroSnr, 
-    TrainSchedule, interp_index, karras_sigmas, log_sigmas, np_arange, np_linspace, np_round, reject_sigma_variants,
-    sigma_to_t, spacing_err,
+use super::schedule::{
+    TrainSchedule, ZeroSnr, interp_index, karras_sigmas, log_sigmas, np_arange, np_linspace,
+    np_round, reject_sigma_variants, sigma_to_t, spacing_err,
 };
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err};
 use crate::rng::NoiseSource;
@@ -38,44 +38,91 @@ impl DpmPp2m {
         let n = train.num_train_timesteps;
         match config.str("algorithm_type", "dpmsolver++")? {
             "dpmsolver++" | "deis" => {}
-            other => return Err(config_err("algorithm_type", format!("`{other}` is not ported by dpm++2m (dpmsolver++ only)"))),
+            other => {
+                return Err(config_err(
+                    "algorithm_type",
+                    format!("`{other}` is not ported by dpm++2m (dpmsolver++ only)"),
+                ));
+            }
         }
         if config.usize("solver_order", 2)? != 2 {
-            return Err(config_err("solver_order", "dpm++2m is the second-order solver; only 2 is ported"));
+            return Err(config_err(
+                "solver_order",
+                "dpm++2m is the second-order solver; only 2 is ported",
+            ));
         }
         config.require_default_bool("thresholding", false)?;
-        reject_sigma_variants(config, &["use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas"])?;
-        if config.raw().get("variance_type").is_some_and(|v| !v.is_null()) {
-            return Err(config_err("variance_type", "learned variance is not ported"));
+        reject_sigma_variants(
+            config,
+            &[
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "use_lu_lambdas",
+                "use_flow_sigmas",
+            ],
+        )?;
+        if config
+            .raw()
+            .get("variance_type")
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err(config_err(
+                "variance_type",
+                "learned variance is not ported",
+            ));
         }
         let heun = match config.str("solver_type", "midpoint")? {
             "midpoint" | "logrho" | "bh1" | "bh2" => false,
             "heun" => true,
-            other => return Err(config_err("solver_type", format!("`{other}` is not one of midpoint, heun"))),
+            other => {
+                return Err(config_err(
+                    "solver_type",
+                    format!("`{other}` is not one of midpoint, heun"),
+                ));
+            }
         };
         let final_zero = match config.str("final_sigmas_type", "zero")? {
             "zero" => true,
             "sigma_min" => false,
-            other => return Err(config_err("final_sigmas_type", format!("`{other}` is not one of zero, sigma_min"))),
+            other => {
+                return Err(config_err(
+                    "final_sigmas_type",
+                    format!("`{other}` is not one of zero, sigma_min"),
+                ));
+            }
         };
         let all = train.sigmas();
         // lambda_min_clipped trims the schedule's noisy end (diffusers: searchsorted on flipped lambda_t).
         let clip = config.f64("lambda_min_clipped", f64::NEG_INFINITY)?;
-        let lambdas: Vec<f32> =
-            train.alphas_cumprod.iter().map(|a| lambda(a.sqrt(), (1.0 - a).sqrt())).rev().collect();
+        let lambdas: Vec<f32> = train
+            .alphas_cumprod
+            .iter()
+            .map(|a| lambda(a.sqrt(), (1.0 - a).sqrt()))
+            .rev()
+            .collect();
         let clipped_idx = lambdas.iter().take_while(|&&l| (l as f64) < clip).count();
         let last = (n - clipped_idx) as f64;
         let offset = config.usize("steps_offset", 0)? as i64;
         let mut ts: Vec<i64> = match config.str("timestep_spacing", "linspace")? {
             "linspace" => {
                 let v = np_linspace(0.0, last - 1.0, steps + 1);
-                v.iter().rev().take(steps).map(|&x| np_round(x) as i64).collect()
+                v.iter()
+                    .rev()
+                    .take(steps)
+                    .map(|&x| np_round(x) as i64)
+                    .collect()
             }
             "leading" => {
                 let ratio = (last as i64) / (steps as i64 + 1);
-                (1..=steps as i64).rev().map(|i| i * ratio + offset).collect()
+                (1..=steps as i64)
+                    .rev()
+                    .map(|i| i * ratio + offset)
+                    .collect()
             }
-            "trailing" => np_arange(last, 0.0, -(n as f64 / steps as f64)).iter().map(|&x| np_round(x) as i64 - 1).collect(),
+            "trailing" => np_arange(last, 0.0, -(n as f64 / steps as f64))
+                .iter()
+                .map(|&x| np_round(x) as i64 - 1)
+                .collect(),
             other => return Err(spacing_err(other)),
         };
         let mut sigmas: Vec<f64>;
@@ -92,7 +139,10 @@ impl DpmPp2m {
                 .collect();
         } else {
             if ts.iter().any(|&t| t < 0 || t >= n as i64) {
-                return Err(config_err("steps_offset", format!("puts timesteps outside 0..{n}")));
+                return Err(config_err(
+                    "steps_offset",
+                    format!("puts timesteps outside 0..{n}"),
+                ));
             }
             sigmas = ts.iter().map(|&t| interp_index(t as f64, &all)).collect();
         }
@@ -115,9 +165,13 @@ impl DpmPp2m {
         let (alpha, sigma) = alpha_sigma(self.sigmas[index]);
         let mut x0 = sample.clone();
         match self.prediction {
-            Prediction::Epsilon => x0.zip_mut_with(model_output, |s, &m| *s = (*s - sigma * m) / alpha),
+            Prediction::Epsilon => {
+                x0.zip_mut_with(model_output, |s, &m| *s = (*s - sigma * m) / alpha)
+            }
             Prediction::Sample => x0.assign(model_output),
-            Prediction::VPrediction => x0.zip_mut_with(model_output, |s, &m| *s = alpha * *s - sigma * m),
+            Prediction::VPrediction => {
+                x0.zip_mut_with(model_output, |s, &m| *s = alpha * *s - sigma * m)
+            }
         }
         x0
     }
@@ -132,7 +186,13 @@ impl Scheduler for DpmPp2m {
         1.0
     }
 
-    fn step(&mut self, model_output: &Latents, index: usize, sample: &Latents, _noise: &mut dyn NoiseSource) -> Latents {
+    fn step(
+        &mut self,
+        model_output: &Latents,
+        index: usize,
+        sample: &Latents,
+        _noise: &mut dyn NoiseSource,
+    ) -> Latents {
         let len = self.timesteps.len();
         let lower_order_final = index == len - 1
             && (self.euler_at_final || (self.lower_order_final && len < 15) || self.final_zero);
@@ -159,11 +219,18 @@ impl Scheduler for DpmPp2m {
             let h0 = lambda_s0 - lambda(alpha_s1, sigma_s1);
             let r0 = h0 / h;
             let inv_r0 = 1.0 / r0;
-            let c1 = if self.heun { -(alpha_t * (((-h).exp() - 1.0) / h + 1.0)) } else { 0.5 * c0 };
-            ndarray::Zip::from(&mut out).and(m0).and(m1).for_each(|s, &d0, &p1| {
-                let d1 = inv_r0 * (d0 - p1);
-                *s = ratio * *s - c0 * d0 - c1 * d1;
-            });
+            let c1 = if self.heun {
+                -(alpha_t * (((-h).exp() - 1.0) / h + 1.0))
+            } else {
+                0.5 * c0
+            };
+            ndarray::Zip::from(&mut out)
+                .and(m0)
+                .and(m1)
+                .for_each(|s, &d0, &p1| {
+                    let d1 = inv_r0 * (d0 - p1);
+                    *s = ratio * *s - c0 * d0 - c1 * d1;
+                });
         }
         if self.lower_order_nums < 2 {
             self.lower_order_nums += 1;

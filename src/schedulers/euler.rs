@@ -1,7 +1,7 @@
 //! Euler (k-diffusion `sample_euler`, s_churn = 0).
 //! Port of diffusers `schedulers/scheduling_euler_discrete.py` (`EulerDiscreteScheduler`).
 
-use super::schedule::{ZeroSnr, SigmaSchedule, SigmaSpacing, TrainSchedule, reject_sigma_variants};
+use super::schedule::{SigmaSchedule, SigmaSpacing, TrainSchedule, ZeroSnr, reject_sigma_variants};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err};
 use crate::rng::NoiseSource;
 
@@ -23,9 +23,18 @@ impl Euler {
         let final_sigma_min = match config.str("final_sigmas_type", "zero")? {
             "zero" => false,
             "sigma_min" => true,
-            other => return Err(config_err("final_sigmas_type", format!("`{other}` is not one of zero, sigma_min"))),
+            other => {
+                return Err(config_err(
+                    "final_sigmas_type",
+                    format!("`{other}` is not one of zero, sigma_min"),
+                ));
+            }
         };
-        let spacing = if config.bool("use_karras_sigmas", false)? { SigmaSpacing::KarrasConfigBounds } else { SigmaSpacing::Interpolated };
+        let spacing = if config.bool("use_karras_sigmas", false)? {
+            SigmaSpacing::KarrasConfigBounds
+        } else {
+            SigmaSpacing::Interpolated
+        };
         Ok(Euler {
             schedule: SigmaSchedule::new(config, &train, steps, spacing, final_sigma_min)?,
             prediction: config.prediction()?,
@@ -46,7 +55,13 @@ impl Scheduler for Euler {
         self.schedule.scale(sample, index)
     }
 
-    fn step(&mut self, model_output: &Latents, index: usize, sample: &Latents, _noise: &mut dyn NoiseSource) -> Latents {
+    fn step(
+        &mut self,
+        model_output: &Latents,
+        index: usize,
+        sample: &Latents,
+        _noise: &mut dyn NoiseSource,
+    ) -> Latents {
         let sigma = self.schedule.sigmas[index];
         let x0 = SigmaSchedule::predict_x0(self.prediction, sigma, sample, model_output);
         let dt = self.schedule.sigmas[index + 1] - sigma;

@@ -1,8 +1,10 @@
 //! Euler ancestral (k-diffusion `sample_euler_ancestral`, eta = 1): fresh noise after every step.
 //! Port of diffusers `schedulers/scheduling_euler_ancestral_discrete.py` (`EulerAncestralDiscreteScheduler`).
 
-use super::schedule::{ZeroSnr, SigmaSchedule, SigmaSpacing, TrainSchedule};
-use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err, noise_like};
+use super::schedule::{SigmaSchedule, SigmaSpacing, TrainSchedule, ZeroSnr};
+use super::{
+    Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err, noise_like,
+};
 use crate::rng::NoiseSource;
 
 pub struct EulerAncestral {
@@ -15,10 +17,17 @@ impl EulerAncestral {
         let train = TrainSchedule::from_config(config, ZeroSnr::ClampLast)?;
         // diffusers' class has no use_karras_sigmas: a config key is ignored there, but an explicit
         // request (--karras) cannot be honoured.
-        if config.raw().get("use_karras_sigmas").and_then(|v| v.as_bool()) == Some(true)
+        if config
+            .raw()
+            .get("use_karras_sigmas")
+            .and_then(|v| v.as_bool())
+            == Some(true)
             && config.class_name() != Some("EulerAncestralDiscreteScheduler")
         {
-            return Err(config_err("use_karras_sigmas", "EulerAncestralDiscreteScheduler has no Karras sigmas"));
+            return Err(config_err(
+                "use_karras_sigmas",
+                "EulerAncestralDiscreteScheduler has no Karras sigmas",
+            ));
         }
         Ok(EulerAncestral {
             schedule: SigmaSchedule::new(config, &train, steps, SigmaSpacing::Interpolated, false)?,
@@ -40,7 +49,13 @@ impl Scheduler for EulerAncestral {
         self.schedule.scale(sample, index)
     }
 
-    fn step(&mut self, model_output: &Latents, index: usize, sample: &Latents, noise: &mut dyn NoiseSource) -> Latents {
+    fn step(
+        &mut self,
+        model_output: &Latents,
+        index: usize,
+        sample: &Latents,
+        noise: &mut dyn NoiseSource,
+    ) -> Latents {
         let sigma = self.schedule.sigmas[index];
         let x0 = SigmaSchedule::predict_x0(self.prediction, sigma, sample, model_output);
         let (from, to) = (sigma, self.schedule.sigmas[index + 1]);

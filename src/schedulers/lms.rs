@@ -3,7 +3,7 @@
 //! each Lagrange basis polynomial with `scipy.integrate.quad`; the integrand is a polynomial of degree <= 3,
 //! so three-point Gauss-Legendre quadrature gives the same value exactly.
 
-use super::schedule::{ZeroSnr, SigmaSchedule, SigmaSpacing, TrainSchedule, reject_sigma_variants};
+use super::schedule::{SigmaSchedule, SigmaSpacing, TrainSchedule, ZeroSnr, reject_sigma_variants};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError};
 use crate::rng::NoiseSource;
 
@@ -19,7 +19,11 @@ impl Lms {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
         let train = TrainSchedule::from_config(config, ZeroSnr::NotAccepted)?;
         reject_sigma_variants(config, &["use_exponential_sigmas", "use_beta_sigmas"])?;
-        let spacing = if config.bool("use_karras_sigmas", false)? { SigmaSpacing::Karras } else { SigmaSpacing::Interpolated };
+        let spacing = if config.bool("use_karras_sigmas", false)? {
+            SigmaSpacing::Karras
+        } else {
+            SigmaSpacing::Interpolated
+        };
         Ok(Lms {
             schedule: SigmaSchedule::new(config, &train, steps, spacing, false)?,
             prediction: config.prediction()?,
@@ -42,7 +46,9 @@ impl Lms {
         let (a, b) = (s(t), s(t + 1));
         let (mid, half) = ((a + b) / 2.0, (b - a) / 2.0);
         let x = (3.0f64 / 5.0).sqrt();
-        half * (5.0 / 9.0 * basis(mid - half * x) + 8.0 / 9.0 * basis(mid) + 5.0 / 9.0 * basis(mid + half * x))
+        half * (5.0 / 9.0 * basis(mid - half * x)
+            + 8.0 / 9.0 * basis(mid)
+            + 5.0 / 9.0 * basis(mid + half * x))
     }
 }
 
@@ -59,7 +65,13 @@ impl Scheduler for Lms {
         self.schedule.scale(sample, index)
     }
 
-    fn step(&mut self, model_output: &Latents, index: usize, sample: &Latents, _noise: &mut dyn NoiseSource) -> Latents {
+    fn step(
+        &mut self,
+        model_output: &Latents,
+        index: usize,
+        sample: &Latents,
+        _noise: &mut dyn NoiseSource,
+    ) -> Latents {
         let sigma = self.schedule.sigmas[index];
         let x0 = SigmaSchedule::predict_x0(self.prediction, sigma, sample, model_output);
         let mut derivative = sample.clone();

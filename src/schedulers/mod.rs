@@ -39,7 +39,10 @@ pub enum SchedulerError {
 }
 
 pub(crate) fn config_err(key: &str, msg: impl Into<String>) -> SchedulerError {
-    SchedulerError::Config { key: key.to_string(), msg: msg.into() }
+    SchedulerError::Config {
+        key: key.to_string(),
+        msg: msg.into(),
+    }
 }
 
 /// One denoising algorithm.
@@ -54,7 +57,13 @@ pub trait Scheduler: Send {
         sample
     }
     /// Advance `sample` by one step given the guided model output; ancestral schedulers draw from `noise`.
-    fn step(&mut self, model_output: &Latents, index: usize, sample: &Latents, noise: &mut dyn NoiseSource) -> Latents;
+    fn step(
+        &mut self,
+        model_output: &Latents,
+        index: usize,
+        sample: &Latents,
+        noise: &mut dyn NoiseSource,
+    ) -> Latents;
 }
 
 /// The schedulers we ship, by CLI name.
@@ -69,17 +78,42 @@ pub enum SchedulerKind {
 }
 
 const ALL: [(SchedulerKind, &str, &str, &str); 6] = [
-    (SchedulerKind::Pndm, "pndm", "PNDMScheduler", "pseudo numerical methods (PLMS), the SD 1.x default"),
-    (SchedulerKind::Ddim, "ddim", "DDIMScheduler", "denoising diffusion implicit models, deterministic (eta 0)"),
-    (SchedulerKind::Euler, "euler", "EulerDiscreteScheduler", "Euler method on the k-diffusion sigma ODE"),
+    (
+        SchedulerKind::Pndm,
+        "pndm",
+        "PNDMScheduler",
+        "pseudo numerical methods (PLMS), the SD 1.x default",
+    ),
+    (
+        SchedulerKind::Ddim,
+        "ddim",
+        "DDIMScheduler",
+        "denoising diffusion implicit models, deterministic (eta 0)",
+    ),
+    (
+        SchedulerKind::Euler,
+        "euler",
+        "EulerDiscreteScheduler",
+        "Euler method on the k-diffusion sigma ODE",
+    ),
     (
         SchedulerKind::EulerAncestral,
         "euler-a",
         "EulerAncestralDiscreteScheduler",
         "Euler with fresh noise each step (ancestral)",
     ),
-    (SchedulerKind::DpmPp2m, "dpm++2m", "DPMSolverMultistepScheduler", "DPM-Solver++ second-order multistep"),
-    (SchedulerKind::Lms, "lms", "LMSDiscreteScheduler", "linear multistep (order 4) on the sigma ODE"),
+    (
+        SchedulerKind::DpmPp2m,
+        "dpm++2m",
+        "DPMSolverMultistepScheduler",
+        "DPM-Solver++ second-order multistep",
+    ),
+    (
+        SchedulerKind::Lms,
+        "lms",
+        "LMSDiscreteScheduler",
+        "linear multistep (order 4) on the sigma ODE",
+    ),
 ];
 
 impl SchedulerKind {
@@ -115,7 +149,11 @@ impl SchedulerKind {
     }
 
     /// Build the scheduler from the folder's config (with this class's defaults) and set `steps` timesteps.
-    pub fn build(self, config: &SchedulerConfig, steps: usize) -> Result<Box<dyn Scheduler>, SchedulerError> {
+    pub fn build(
+        self,
+        config: &SchedulerConfig,
+        steps: usize,
+    ) -> Result<Box<dyn Scheduler>, SchedulerError> {
         if steps == 0 {
             return Err(SchedulerError::ZeroSteps);
         }
@@ -123,7 +161,9 @@ impl SchedulerKind {
             SchedulerKind::Pndm => Box::new(pndm::Pndm::new(config, steps)?),
             SchedulerKind::Ddim => Box::new(ddim::Ddim::new(config, steps)?),
             SchedulerKind::Euler => Box::new(euler::Euler::new(config, steps)?),
-            SchedulerKind::EulerAncestral => Box::new(euler_ancestral::EulerAncestral::new(config, steps)?),
+            SchedulerKind::EulerAncestral => {
+                Box::new(euler_ancestral::EulerAncestral::new(config, steps)?)
+            }
             SchedulerKind::DpmPp2m => Box::new(dpmpp_2m::DpmPp2m::new(config, steps)?),
             SchedulerKind::Lms => Box::new(lms::Lms::new(config, steps)?),
         })

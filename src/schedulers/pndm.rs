@@ -2,7 +2,7 @@
 //! Port of diffusers `schedulers/scheduling_pndm.py` (`PNDMScheduler.set_timesteps`, `step_plms`,
 //! `_get_prev_sample`).
 
-use super::schedule::{ZeroSnr, TrainSchedule, np_arange, np_linspace, np_round, spacing_err};
+use super::schedule::{TrainSchedule, ZeroSnr, np_arange, np_linspace, np_round, spacing_err};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err};
 use crate::rng::NoiseSource;
 
@@ -29,19 +29,27 @@ impl Pndm {
         }
         let prediction = config.prediction()?;
         if prediction == Prediction::Sample {
-            return Err(config_err("prediction_type", "PNDMScheduler takes only epsilon or v_prediction"));
+            return Err(config_err(
+                "prediction_type",
+                "PNDMScheduler takes only epsilon or v_prediction",
+            ));
         }
         let offset = config.usize("steps_offset", 0)? as i64;
         // Ascending integer timesteps (diffusers' `_timesteps`).
         let base: Vec<i64> = match config.str("timestep_spacing", "leading")? {
-            "linspace" => np_linspace(0.0, (n - 1) as f64, steps).iter().map(|&x| np_round(x) as i64).collect(),
+            "linspace" => np_linspace(0.0, (n - 1) as f64, steps)
+                .iter()
+                .map(|&x| np_round(x) as i64)
+                .collect(),
             "leading" => {
                 let ratio = (n / steps) as i64;
                 (0..steps as i64).map(|i| i * ratio + offset).collect()
             }
             "trailing" => {
-                let mut v: Vec<i64> =
-                    np_arange(n as f64, 0.0, -(n as f64 / steps as f64)).iter().map(|&x| np_round(x) as i64 - 1).collect();
+                let mut v: Vec<i64> = np_arange(n as f64, 0.0, -(n as f64 / steps as f64))
+                    .iter()
+                    .map(|&x| np_round(x) as i64 - 1)
+                    .collect();
                 v.reverse();
                 v
             }
@@ -57,10 +65,16 @@ impl Pndm {
         let step_ratio = (n / steps) as i64;
         let max_t = plms.iter().copied().max().unwrap_or(0) + step_ratio;
         if plms.iter().any(|&t| t < 0) || plms[0] >= n as i64 || max_t > n as i64 + step_ratio {
-            return Err(config_err("steps_offset", format!("puts timesteps outside 0..{n}")));
+            return Err(config_err(
+                "steps_offset",
+                format!("puts timesteps outside 0..{n}"),
+            ));
         }
-        let final_alpha_cumprod =
-            if config.bool("set_alpha_to_one", false)? { 1.0 } else { train.alphas_cumprod[0] };
+        let final_alpha_cumprod = if config.bool("set_alpha_to_one", false)? {
+            1.0
+        } else {
+            train.alphas_cumprod[0]
+        };
         Ok(Pndm {
             alphas_cumprod: train.alphas_cumprod,
             final_alpha_cumprod,
@@ -81,7 +95,13 @@ impl Pndm {
         }
     }
 
-    fn prev_sample(&self, sample: &Latents, t: i64, prev_t: i64, model_output: &Latents) -> Latents {
+    fn prev_sample(
+        &self,
+        sample: &Latents,
+        t: i64,
+        prev_t: i64,
+        model_output: &Latents,
+    ) -> Latents {
         let a_t = self.alpha(t);
         let a_prev = self.alpha(prev_t);
         let b_t = 1.0 - a_t;
@@ -94,7 +114,9 @@ impl Pndm {
         let denom = a_t * b_prev.sqrt() + (a_t * b_t * a_prev).sqrt();
         let diff = a_prev - a_t;
         let mut out = sample.clone();
-        out.zip_mut_with(&model_output, |s, &m| *s = sample_coeff * *s - diff * m / denom);
+        out.zip_mut_with(&model_output, |s, &m| {
+            *s = sample_coeff * *s - diff * m / denom
+        });
         out
     }
 }
@@ -108,7 +130,13 @@ impl Scheduler for Pndm {
         1.0
     }
 
-    fn step(&mut self, model_output: &Latents, index: usize, sample: &Latents, _noise: &mut dyn NoiseSource) -> Latents {
+    fn step(
+        &mut self,
+        model_output: &Latents,
+        index: usize,
+        sample: &Latents,
+        _noise: &mut dyn NoiseSource,
+    ) -> Latents {
         let mut t = self.timesteps[index] as i64;
         let mut prev_t = t - self.step_ratio;
         if self.counter != 1 {
@@ -136,13 +164,20 @@ impl Scheduler for Pndm {
             (m, sample.clone())
         } else if n == 3 {
             let mut m = e[2].clone();
-            ndarray::Zip::from(&mut m).and(&e[1]).and(&e[0]).for_each(|a, &b, &c| *a = (23.0 * *a - 16.0 * b + 5.0 * c) / 12.0);
+            ndarray::Zip::from(&mut m)
+                .and(&e[1])
+                .and(&e[0])
+                .for_each(|a, &b, &c| *a = (23.0 * *a - 16.0 * b + 5.0 * c) / 12.0);
             (m, sample.clone())
         } else {
             let mut m = e[n - 1].clone();
-            ndarray::Zip::from(&mut m).and(&e[n - 2]).and(&e[n - 3]).and(&e[n - 4]).for_each(|a, &b, &c, &d| {
-                *a = (1.0f32 / 24.0) * (55.0 * *a - 59.0 * b + 37.0 * c - 9.0 * d)
-            });
+            ndarray::Zip::from(&mut m)
+                .and(&e[n - 2])
+                .and(&e[n - 3])
+                .and(&e[n - 4])
+                .for_each(|a, &b, &c, &d| {
+                    *a = (1.0f32 / 24.0) * (55.0 * *a - 59.0 * b + 37.0 * c - 9.0 * d)
+                });
             (m, sample.clone())
         };
         let prev = self.prev_sample(&sample_used, t, prev_t, &mo);

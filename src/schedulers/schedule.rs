@@ -13,7 +13,13 @@ pub fn torch_linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
     let step = (e - s) / (steps - 1) as f32;
     let halfway = steps / 2;
     (0..steps)
-        .map(|i| if i < halfway { s + step * i as f32 } else { e - step * (steps - i - 1) as f32 })
+        .map(|i| {
+            if i < halfway {
+                s + step * i as f32
+            } else {
+                e - step * (steps - i - 1) as f32
+            }
+        })
         .collect()
 }
 
@@ -61,14 +67,20 @@ pub struct TrainSchedule {
 
 impl TrainSchedule {
     /// `betas` -> `alphas_cumprod` exactly as the diffusers constructors do.
-    pub fn from_config(config: &SchedulerConfig, zero_snr: ZeroSnr) -> Result<Self, SchedulerError> {
+    pub fn from_config(
+        config: &SchedulerConfig,
+        zero_snr: ZeroSnr,
+    ) -> Result<Self, SchedulerError> {
         let n = config.usize("num_train_timesteps", 1000)?;
         if n < 2 {
             return Err(config_err("num_train_timesteps", "must be at least 2"));
         }
         let betas: Vec<f32> = if let Some(trained) = config.opt_f64_list("trained_betas")? {
             if trained.len() != n {
-                return Err(config_err("trained_betas", format!("has {} values, expected {n}", trained.len())));
+                return Err(config_err(
+                    "trained_betas",
+                    format!("has {} values, expected {n}", trained.len()),
+                ));
             }
             trained.iter().map(|&b| b as f32).collect()
         } else {
@@ -76,7 +88,10 @@ impl TrainSchedule {
             let end = config.f64("beta_end", 0.02)?;
             match config.str("beta_schedule", "linear")? {
                 "linear" => torch_linspace_f32(start, end, n),
-                "scaled_linear" => torch_linspace_f32(start.sqrt(), end.sqrt(), n).iter().map(|b| b * b).collect(),
+                "scaled_linear" => torch_linspace_f32(start.sqrt(), end.sqrt(), n)
+                    .iter()
+                    .map(|b| b * b)
+                    .collect(),
                 "squaredcos_cap_v2" => betas_for_alpha_bar(n),
                 other => {
                     return Err(config_err(
@@ -86,20 +101,31 @@ impl TrainSchedule {
                 }
             }
         };
-        let rescale = zero_snr != ZeroSnr::NotAccepted && config.bool("rescale_betas_zero_snr", false)?;
-        let betas = if rescale { rescale_zero_terminal_snr(&betas) } else { betas };
+        let rescale =
+            zero_snr != ZeroSnr::NotAccepted && config.bool("rescale_betas_zero_snr", false)?;
+        let betas = if rescale {
+            rescale_zero_terminal_snr(&betas)
+        } else {
+            betas
+        };
         let alphas: Vec<f32> = betas.iter().map(|b| 1.0 - b).collect();
         let mut alphas_cumprod = cumprod(&alphas);
         if rescale && zero_snr == ZeroSnr::ClampLast {
             // diffusers (sigma-based classes): "Close to 0 without being 0 so first sigma is not inf".
             alphas_cumprod[n - 1] = 2f32.powi(-24);
         }
-        Ok(TrainSchedule { num_train_timesteps: n, alphas_cumprod })
+        Ok(TrainSchedule {
+            num_train_timesteps: n,
+            alphas_cumprod,
+        })
     }
 
     /// `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5` in float32, indexed by training timestep.
     pub fn sigmas(&self) -> Vec<f32> {
-        self.alphas_cumprod.iter().map(|a| ((1.0 - a) / a).sqrt()).collect()
+        self.alphas_cumprod
+            .iter()
+            .map(|a| ((1.0 - a) / a).sqrt())
+            .collect()
     }
 }
 
@@ -117,7 +143,11 @@ fn cumprod(values: &[f32]) -> Vec<f32> {
 
 /// diffusers' `betas_for_alpha_bar` with the cosine transform (Glide's `squaredcos_cap_v2`).
 fn betas_for_alpha_bar(n: usize) -> Vec<f32> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
     (0..n)
         .map(|i| {
             let t1 = i as f64 / n as f64;
@@ -148,21 +178,35 @@ fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
 
 /// `timestep_spacing` as the sigma-based classes (Euler, Euler ancestral, LMS) apply it: float timesteps,
 /// descending.
-pub fn spaced_timesteps_float(config: &SchedulerConfig, n_train: usize, steps: usize, default: &str) -> Result<Vec<f64>, SchedulerError> {
+pub fn spaced_timesteps_float(
+    config: &SchedulerConfig,
+    n_train: usize,
+    steps: usize,
+    default: &str,
+) -> Result<Vec<f64>, SchedulerError> {
     let offset = config.usize("steps_offset", 0)? as f64;
     let ts: Vec<f64> = match config.str("timestep_spacing", default)? {
         "linspace" => {
-            let mut v: Vec<f64> = np_linspace(0.0, (n_train - 1) as f64, steps).iter().map(|&x| x as f32 as f64).collect();
+            let mut v: Vec<f64> = np_linspace(0.0, (n_train - 1) as f64, steps)
+                .iter()
+                .map(|&x| x as f32 as f64)
+                .collect();
             v.reverse();
             v
         }
         "leading" => {
             let ratio = (n_train / steps) as f64;
-            (0..steps).rev().map(|i| np_round(i as f64 * ratio) as f32 as f64 + offset).collect()
+            (0..steps)
+                .rev()
+                .map(|i| np_round(i as f64 * ratio) as f32 as f64 + offset)
+                .collect()
         }
         "trailing" => {
             let ratio = n_train as f64 / steps as f64;
-            np_arange(n_train as f64, 0.0, -ratio).iter().map(|&x| np_round(x) as f32 as f64 - 1.0).collect()
+            np_arange(n_train as f64, 0.0, -ratio)
+                .iter()
+                .map(|&x| np_round(x) as f32 as f64 - 1.0)
+                .collect()
         }
         other => return Err(spacing_err(other)),
     };
@@ -170,7 +214,10 @@ pub fn spaced_timesteps_float(config: &SchedulerConfig, n_train: usize, steps: u
 }
 
 pub fn spacing_err(value: &str) -> SchedulerError {
-    config_err("timestep_spacing", format!("`{value}` is not one of linspace, leading, trailing"))
+    config_err(
+        "timestep_spacing",
+        format!("`{value}` is not one of linspace, leading, trailing"),
+    )
 }
 
 /// `np.interp(x, arange(len(fp)), fp)` for `x` inside `[0, len-1]`.
@@ -192,7 +239,10 @@ pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
     let rho = 7.0;
     let min_inv = sigma_min.powf(1.0 / rho);
     let max_inv = sigma_max.powf(1.0 / rho);
-    np_linspace(0.0, 1.0, steps).iter().map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho)).collect()
+    np_linspace(0.0, 1.0, steps)
+        .iter()
+        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
+        .collect()
 }
 
 /// diffusers' `_sigma_to_t`: the fractional training timestep whose sigma is `sigma`, interpolating in log
@@ -217,7 +267,10 @@ pub fn log_sigmas(sigmas: &[f32]) -> Vec<f32> {
 }
 
 /// Reject the sigma variants diffusers offers that we have not ported, naming the key.
-pub fn reject_sigma_variants(config: &SchedulerConfig, keys: &[&str]) -> Result<(), SchedulerError> {
+pub fn reject_sigma_variants(
+    config: &SchedulerConfig,
+    keys: &[&str],
+) -> Result<(), SchedulerError> {
     for key in keys {
         config.require_default_bool(key, false)?;
     }
@@ -284,7 +337,10 @@ impl SigmaSchedule {
         let n = train.num_train_timesteps;
         let mut timesteps = spaced_timesteps_float(config, n, steps, "linspace")?;
         if timesteps.iter().any(|&t| t < 0.0 || t > (n - 1) as f64) {
-            return Err(config_err("steps_offset", format!("puts timesteps outside 0..{n}")));
+            return Err(config_err(
+                "steps_offset",
+                format!("puts timesteps outside 0..{n}"),
+            ));
         }
         let all = train.sigmas();
         let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp_index(t, &all)).collect();
@@ -296,9 +352,16 @@ impl SigmaSchedule {
                 smax = config.opt_f64("sigma_max")?.unwrap_or(smax);
             }
             sigmas = karras_sigmas(smin, smax, steps);
-            timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &logs) as f32 as f64).collect();
+            timesteps = sigmas
+                .iter()
+                .map(|&s| sigma_to_t(s, &logs) as f32 as f64)
+                .collect();
         }
-        let last = if final_sigma_min { ((1.0 - train.alphas_cumprod[0]) / train.alphas_cumprod[0]).sqrt() as f64 } else { 0.0 };
+        let last = if final_sigma_min {
+            ((1.0 - train.alphas_cumprod[0]) / train.alphas_cumprod[0]).sqrt() as f64
+        } else {
+            0.0
+        };
         sigmas.push(last);
         let sigmas: Vec<f32> = sigmas.iter().map(|&s| s as f32).collect();
         let max = sigmas.iter().copied().fold(f32::MIN, f32::max);
@@ -306,7 +369,11 @@ impl SigmaSchedule {
             "linspace" | "trailing" => max,
             _ => (max * max + 1.0).sqrt(),
         };
-        Ok(SigmaSchedule { timesteps, sigmas, init_noise_sigma })
+        Ok(SigmaSchedule {
+            timesteps,
+            sigmas,
+            init_noise_sigma,
+        })
     }
 
     /// `sample / ((sigma**2 + 1) ** 0.5)`.
@@ -318,7 +385,12 @@ impl SigmaSchedule {
     }
 
     /// The denoised estimate x0 for the given prediction type at sigma.
-    pub fn predict_x0(prediction: super::Prediction, sigma: f32, sample: &super::Latents, model_output: &super::Latents) -> super::Latents {
+    pub fn predict_x0(
+        prediction: super::Prediction,
+        sigma: f32,
+        sample: &super::Latents,
+        model_output: &super::Latents,
+    ) -> super::Latents {
         use super::Prediction::*;
         let mut x0 = sample.clone();
         match prediction {

@@ -1,0 +1,435 @@
+//! The command line: argument definitions and what each subcommand does with the library. Printing and
+//! file writing happen here, never in the pipeline.
+
+use crate::error::{Error, Result};
+use crate::graphs::{Graph, Port};
+use crate::output::{a1111_parameters, write_png};
+use crate::pipeline::{Pipeline, Progress, Txt2Img};
+use crate::profile::ModelProfile;
+use crate::rng::RngKind;
+use crate::runtime::Runtime;
+use crate::schedulers::SchedulerKind;
+use crate::tokenizer::ClipTokenizer;
+use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sd-onnx",
+    version,
+    about = "Stable Diffusion from exported ONNX graphs, through ONNX Runtime"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate images from a text prompt.
+    Txt2img(Txt2ImgArgs),
+    /// Show what a model folder holds and what will not work.
+    Inspect(InspectArgs),
+    /// Print the 77 token ids the text encoder will receive.
+    Tokenize(TokenizeArgs),
+    /// List the schedulers and their diffusers classes.
+    Schedulers,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// ONNX Runtime shared library (else ORT_DYLIB_PATH, else one next to the executable).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub ort_lib: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct Txt2ImgArgs {
+    /// Exported ONNX pipeline folder (diffusers convert script or optimum layout).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    /// Classifier-free guidance scale; 1 or less skips the unconditional pass.
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f32,
+    /// pndm, ddim, euler, euler-a, dpm++2m, lms (default: the class in scheduler_config.json).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// Karras sigmas (use_karras_sigmas=True).
+    #[arg(long)]
+    pub karras: bool,
+    /// Seed (default: random, printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// torch: torch.Generator("cpu") (diffusers' PyTorch pipelines); numpy: RandomState (diffusers' ONNX pipelines).
+    #[arg(long, default_value = "torch")]
+    pub rng: String,
+    /// Width in pixels (default: unet sample_size x VAE factor, else 512).
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Images per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Output PNG (default sd-onnx-<seed>.png; with --batch, -<i> is added before .png).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+    pub text: String,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Txt2img(a) => txt2img(a),
+        Command::Inspect(a) => inspect(a),
+        Command::Tokenize(a) => tokenize(a),
+        Command::Schedulers => {
+            for (kind, name, about) in SchedulerKind::all() {
+                println!("{name:<9} {:<34} {about}", kind.class_name());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() & 0xffff_ffff
+}
+
+/// `out.png` -> `out-1.png` for the second image of a batch.
+fn batch_path(base: &Path, i: usize, batch: usize) -> PathBuf {
+    if batch == 1 {
+        return base.to_path_buf();
+    }
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = base
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
+    base.with_file_name(format!("{stem}-{i}.{ext}"))
+}
+
+fn txt2img(a: Txt2ImgArgs) -> Result<()> {
+    // Cheap checks first, before anything is loaded.
+    if a.steps == 0 {
+        return Err(Error::Usage("--steps must be at least 1".into()));
+    }
+    let rng = RngKind::parse(&a.rng)
+        .ok_or_else(|| Error::Usage(format!("--rng {}: choose torch or numpy", a.rng)))?;
+    let explicit = a
+        .scheduler
+        .as_deref()
+        .map(SchedulerKind::from_name)
+        .transpose()?;
+    let profile = ModelProfile::load(&a.model)?;
+    let scheduler = match (explicit, profile.default_scheduler) {
+        (Some(k), _) | (None, Some(k)) => k,
+        (None, None) => {
+            return Err(Error::Usage(format!(
+                "{}: no scheduler class we port in scheduler_config.json; pass --scheduler ({})",
+                a.model.display(),
+                SchedulerKind::names().join(", ")
+            )));
+        }
+    };
+    let (dw, dh) = profile.default_size();
+    let seed = a.seed.unwrap_or_else(random_seed);
+    let req = Txt2Img {
+        prompt: a.prompt,
+        negative_prompt: a.negative_prompt,
+        steps: a.steps,
+        guidance: a.guidance,
+        scheduler,
+        karras: a.karras,
+        seed,
+        rng,
+        width: a.width.unwrap_or(dw),
+        height: a.height.unwrap_or(dh),
+        batch: a.batch,
+    };
+    let factor = profile.vae_factor.value;
+    for (flag, v) in [("--width", req.width), ("--height", req.height)] {
+        if v == 0 || v % factor != 0 {
+            return Err(Error::Usage(format!(
+                "{flag} {v} is not a positive multiple of {factor} (the VAE factor)"
+            )));
+        }
+    }
+    // Build the scheduler once up front so that a config we cannot honour fails before the models load.
+    let mut cfg = profile.scheduler_config.clone();
+    if req.karras {
+        cfg.set("use_karras_sigmas", serde_json::Value::Bool(true));
+    }
+    scheduler.build(&cfg, req.steps)?;
+
+    let runtime = Runtime::load(a.runtime.ort_lib.as_deref())?;
+    let model_name = profile.name();
+    let mut pipeline = Pipeline::load(&runtime, profile)?;
+    let show = !a.quiet && std::io::stderr().is_terminal();
+    let bar = if show {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {per_sec} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    if a.seed.is_none() && !a.quiet {
+        eprintln!("seed: {seed}");
+    }
+    let result = pipeline.txt2img(&req, &mut |p| match p {
+        Progress::Step { done, total } => {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+        Progress::Decoding => bar.set_message("decoding"),
+    });
+    bar.finish_and_clear();
+    let generated = result?;
+    for w in &generated.warnings {
+        eprintln!("warning: {w}");
+    }
+    let base = a
+        .output
+        .unwrap_or_else(|| PathBuf::from(format!("sd-onnx-{seed}.png")));
+    let params = a1111_parameters(&req, seed, &model_name);
+    for (i, img) in generated.images.iter().enumerate() {
+        let path = batch_path(&base, i, req.batch);
+        write_png(&path, img, &params)?;
+        if !a.quiet {
+            println!("{}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn port_json(p: &Port) -> serde_json::Value {
+    serde_json::json!({
+        "name": p.name,
+        "dtype": p.dtype.map(crate::graphs::dtype_name),
+        "shape": p.dims,
+    })
+}
+
+fn inspect(a: InspectArgs) -> Result<()> {
+    let profile = ModelProfile::load(&a.model)?;
+    let tok = ClipTokenizer::from_dir(&profile.tokenizer_dir);
+    let runtime = Runtime::load(a.runtime.ort_lib.as_deref());
+    let mut problems = profile.problems.clone();
+    let mut components = Vec::new();
+    let mut comps = vec![&profile.text_encoder, &profile.unet, &profile.vae_decoder];
+    if let Some(e) = &profile.vae_encoder {
+        comps.push(e);
+    }
+    for c in comps {
+        let graph = match &runtime {
+            Ok(rt) => match Graph::load(rt, c) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    problems.push(format!("{}: does not load: {e}", c.name));
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        if c.name == "vae_encoder"
+            && let Some(g) = &graph
+            && g.outputs.iter().any(|o| o.name == "latent_sample")
+        {
+            problems.push(
+                "vae_encoder outputs `latent_sample` (sampled inside the graph): img2img from this export cannot be \
+                 bit-reproducible"
+                    .into(),
+            );
+        }
+        components.push(serde_json::json!({
+            "name": c.name,
+            "graph": c.graph,
+            "external_data": c.external_data,
+            "config_json": c.config.is_some(),
+            "inputs": graph.as_ref().map(|g| g.inputs.iter().map(port_json).collect::<Vec<_>>()),
+            "outputs": graph.as_ref().map(|g| g.outputs.iter().map(port_json).collect::<Vec<_>>()),
+        }));
+    }
+    if let Err(e) = &runtime {
+        problems.push(format!("graphs not opened: {e}"));
+    }
+    let (pad_token, pad_id) = match &tok {
+        Ok(t) => {
+            let (s, id) = t.pad_token();
+            (Some(s.to_string()), Some(id))
+        }
+        Err(e) => {
+            problems.push(format!("tokenizer: {e}"));
+            (None, None)
+        }
+    };
+    let family = match profile
+        .text_encoder
+        .config
+        .as_ref()
+        .and_then(|c| c["hidden_size"].as_u64())
+    {
+        Some(768) => "SD 1.x (CLIP ViT-L/14 text encoder)",
+        Some(1024) => "SD 2.x (OpenCLIP ViT-H text encoder)",
+        Some(_) => "Stable Diffusion architecture (non-standard text encoder width)",
+        None => "Stable Diffusion (text encoder width unknown without config.json)",
+    };
+    let report = serde_json::json!({
+        "model": profile.dir,
+        "layout": profile.layout.describe(),
+        "family": family,
+        "onnx_runtime": runtime.as_ref().ok().map(|r| serde_json::json!({"library": r.library.path, "found_by": r.library.source, "version": r.version})),
+        "components": components,
+        "scheduler": {"class": profile.scheduler_class, "ported_as": profile.default_scheduler.map(|k| k.name()), "config": profile.scheduler_config.raw()},
+        "prediction_type": profile.prediction_type,
+        "tokenizer": {"dir": profile.tokenizer_dir, "tokenizer_json": profile.tokenizer_dir.join("tokenizer.json").is_file(), "pad_token": pad_token, "pad_id": pad_id},
+        "vae_scaling_factor": {"value": profile.vae_scaling_factor.value, "from": profile.vae_scaling_factor.source},
+        "vae_factor": {"value": profile.vae_factor.value, "from": profile.vae_factor.source},
+        "latent_channels": profile.latent_channels.as_ref().map(|c| serde_json::json!({"value": c.value, "from": c.source})),
+        "default_size": profile.default_size(),
+        "problems": problems,
+    });
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    println!("model:      {}", profile.dir.display());
+    println!("layout:     {}", profile.layout.describe());
+    println!("family:     {family}");
+    if let Ok(r) = &runtime {
+        println!(
+            "runtime:    ONNX Runtime {} ({}, {})",
+            r.version,
+            r.library.path.display(),
+            r.library.source
+        );
+    }
+    for c in &components {
+        println!("{}:", c["name"].as_str().unwrap_or(""));
+        println!("  graph: {}", c["graph"].as_str().unwrap_or(""));
+        for f in c["external_data"].as_array().into_iter().flatten() {
+            println!("  external data: {}", f.as_str().unwrap_or(""));
+        }
+        for (label, key) in [("in ", "inputs"), ("out", "outputs")] {
+            for p in c[key].as_array().into_iter().flatten() {
+                let dims: Vec<&str> = p["shape"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d.as_str())
+                    .collect();
+                println!(
+                    "  {label} {} {}[{}]",
+                    p["name"].as_str().unwrap_or(""),
+                    p["dtype"].as_str().unwrap_or("?"),
+                    dims.join(", ")
+                );
+            }
+        }
+    }
+    println!(
+        "scheduler:  {} (as `{}`)",
+        profile.scheduler_class.as_deref().unwrap_or("none"),
+        profile
+            .default_scheduler
+            .map(|k| k.name())
+            .unwrap_or("not ported")
+    );
+    println!("prediction: {}", profile.prediction_type);
+    if let (Some(p), Some(id)) = (&report["tokenizer"]["pad_token"].as_str(), pad_id) {
+        println!(
+            "tokenizer:  {} (pad token {p:?} = {id})",
+            profile.tokenizer_dir.display()
+        );
+    }
+    println!(
+        "VAE scale:  {} ({})",
+        profile.vae_scaling_factor.value, profile.vae_scaling_factor.source
+    );
+    println!(
+        "VAE factor: {} ({})",
+        profile.vae_factor.value, profile.vae_factor.source
+    );
+    let (w, h) = profile.default_size();
+    println!("default size: {w}x{h}");
+    if problems.is_empty() {
+        println!("problems:   none found");
+    } else {
+        println!("problems:");
+        for p in &problems {
+            println!("  - {p}");
+        }
+    }
+    Ok(())
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let profile = ModelProfile::load(&a.model)?;
+    let tok = ClipTokenizer::from_dir(&profile.tokenizer_dir)?;
+    let enc = tok.encode(&a.text)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"ids": enc.ids, "truncated": enc.truncated})
+        );
+    } else {
+        println!(
+            "{}",
+            enc.ids
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        if let Some(cut) = enc.truncated {
+            eprintln!("warning: longer than 77 tokens; cut: \"{cut}\"");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! The three graphs txt2img runs, each wrapped so that callers pass ndarrays and never care how the export
+//! spelled its inputs: names are looked up in the session metadata (never by position), and dtypes are
+//! converted to what the graph declares (int32/int64 ids, float/float16/int64 timesteps, fp16 tensors).
+
+use crate::error::{Error, Result};
+use crate::profile::Component;
+use crate::runtime::Runtime;
+use half::f16;
+use ndarray::{Array3, Array4};
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+/// One declared input or output, for `inspect` and for choosing conversions.
+#[derive(Clone, Debug)]
+pub struct Port {
+    pub name: String,
+    pub dtype: Option<TensorElementType>,
+    /// Dimensions; symbolic ones as their names.
+    pub dims: Vec<String>,
+}
+
+impl Port {
+    fn from_outlet(name: &str, ty: &ValueType) -> Self {
+        match ty {
+            ValueType::Tensor {
+                ty,
+                shape,
+                dimension_symbols,
+            } => Port {
+                name: name.to_string(),
+                dtype: Some(*ty),
+                dims: shape
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| {
+                        if d >= 0 {
+                            d.to_string()
+                        } else {
+                            dimension_symbols
+                                .get(i)
+                                .filter(|s| !s.is_empty())
+                                .cloned()
+                                .unwrap_or_else(|| "?".into())
+                        }
+                    })
+                    .collect(),
+            },
+            other => Port {
+                name: name.to_string(),
+                dtype: None,
+                dims: vec![format!("{other:?}")],
+            },
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let t = self.dtype.map(dtype_name).unwrap_or("non-tensor");
+        format!("{} {t}[{}]", self.name, self.dims.join(", "))
+    }
+
+    fn fixed_dim(&self, i: usize) -> Option<usize> {
+        self.dims.get(i).and_then(|d| d.parse().ok())
+    }
+}
+
+pub fn dtype_name(t: TensorElementType) -> &'static str {
+    match t {
+        TensorElementType::Float32 => "float32",
+        TensorElementType::Float16 => "float16",
+        TensorElementType::Float64 => "float64",
+        TensorElementType::Int32 => "int32",
+        TensorElementType::Int64 => "int64",
+        TensorElementType::Bfloat16 => "bfloat16",
+        _ => "other",
+    }
+}
+
+/// A session plus its declared ports.
+pub struct Graph {
+    pub path: PathBuf,
+    pub inputs: Vec<Port>,
+    pub outputs: Vec<Port>,
+    session: Session,
+}
+
+impl Graph {
+    pub fn load(runtime: &Runtime, component: &Component) -> Result<Self> {
+        let session = runtime.session(&component.graph)?;
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| Port::from_outlet(o.name(), o.dtype()))
+            .collect();
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| Port::from_outlet(o.name(), o.dtype()))
+            .collect();
+        Ok(Graph {
+            path: component.graph.clone(),
+            inputs,
+            outputs,
+            session,
+        })
+    }
+
+    fn input(&self, name: &str) -> Result<&Port> {
+        self.inputs.iter().find(|p| p.name == name).ok_or_else(|| {
+            let have: Vec<&str> = self.inputs.iter().map(|p| p.name.as_str()).collect();
+            Error::model(
+                &self.path,
+                format!("graph has no input `{name}` (it has: {})", have.join(", ")),
+            )
+        })
+    }
+
+    /// The named output if present, else the first one.
+    fn output_name(&self, preferred: &str) -> Result<String> {
+        self.outputs
+            .iter()
+            .find(|p| p.name == preferred)
+            .or_else(|| self.outputs.first())
+            .map(|p| p.name.clone())
+            .ok_or_else(|| Error::model(&self.path, "graph has no outputs"))
+    }
+
+    fn float_input(&self, name: &str, data: Vec<f32>, shape: Vec<i64>) -> Result<DynValue> {
+        let port = self.input(name)?;
+        let ctx = || format!("{}: input `{name}`", self.path.display());
+        match port.dtype {
+            Some(TensorElementType::Float16) => {
+                let v: Vec<f16> = data.into_iter().map(f16::from_f32).collect();
+                Ok(Tensor::from_array((shape, v))
+                    .map_err(Error::ort(ctx()))?
+                    .into_dyn())
+            }
+            Some(TensorElementType::Float32) => Ok(Tensor::from_array((shape, data))
+                .map_err(Error::ort(ctx()))?
+                .into_dyn()),
+            Some(other) => Err(Error::model(
+                &self.path,
+                format!("input `{name}` is {}, expected float", dtype_name(other)),
+            )),
+            None => Err(Error::model(
+                &self.path,
+                format!("input `{name}` is not a tensor"),
+            )),
+        }
+    }
+
+    fn run(
+        &mut self,
+        inputs: Vec<(Cow<'static, str>, DynValue)>,
+        output: &str,
+    ) -> Result<(Vec<usize>, Vec<f32>)> {
+        let ctx = self.path.display().to_string();
+        let inputs: Vec<(Cow<'static, str>, SessionInputValue<'_>)> = inputs
+            .into_iter()
+            .map(|(n, v)| (n, SessionInputValue::from(v)))
+            .collect();
+        let outputs = self.session.run(inputs).map_err(Error::ort(&ctx))?;
+        let value = outputs
+            .get(output)
+            .ok_or_else(|| Error::model(&self.path, format!("no output `{output}`")))?;
+        let shape: Vec<usize>;
+        let data: Vec<f32> = match value.data_type() {
+            TensorElementType::Float16 => {
+                let (s, d) = value
+                    .try_extract_tensor::<f16>()
+                    .map_err(Error::ort(&ctx))?;
+                shape = s.iter().map(|&x| x as usize).collect();
+                d.iter().map(|v| v.to_f32()).collect()
+            }
+            _ => {
+                let (s, d) = value
+                    .try_extract_tensor::<f32>()
+                    .map_err(Error::ort(&ctx))?;
+                shape = s.iter().map(|&x| x as usize).collect();
+                d.to_vec()
+            }
+        };
+        Ok((shape, data))
+    }
+}
+
+/// CLIP text encoder: 77 ids per prompt -> `last_hidden_state`.
+pub struct TextEncoder {
+    pub graph: Graph,
+}
+
+impl TextEncoder {
+    pub fn load(runtime: &Runtime, c: &Component) -> Result<Self> {
+        let graph = Graph::load(runtime, c)?;
+        graph.input("input_ids")?;
+        Ok(TextEncoder { graph })
+    }
+
+    pub fn encode(&mut self, ids: &[i64]) -> Result<Array3<f32>> {
+        let shape = vec![1i64, ids.len() as i64];
+        let port = self.graph.input("input_ids")?;
+        let ctx = format!("{}: input `input_ids`", self.graph.path.display());
+        let value = match port.dtype {
+            Some(TensorElementType::Int32) => {
+                let v: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+                Tensor::from_array((shape, v))
+                    .map_err(Error::ort(&ctx))?
+                    .into_dyn()
+            }
+            Some(TensorElementType::Int64) => Tensor::from_array((shape, ids.to_vec()))
+                .map_err(Error::ort(&ctx))?
+                .into_dyn(),
+            other => {
+                return Err(Error::model(
+                    &self.graph.path,
+                    format!(
+                        "input `input_ids` is {}, expected int32 or int64",
+                        other.map(dtype_name).unwrap_or("?")
+                    ),
+                ));
+            }
+        };
+        let out = self.graph.output_name("last_hidden_state")?;
+        let (shape, data) = self.graph.run(vec![("input_ids".into(), value)], &out)?;
+        if shape.len() != 3 {
+            return Err(Error::model(
+                &self.graph.path,
+                format!("output `{out}` has shape {shape:?}, expected 3 dims"),
+            ));
+        }
+        Array3::from_shape_vec((shape[0], shape[1], shape[2]), data)
+            .map_err(|e| Error::model(&self.graph.path, format!("output `{out}`: {e}")))
+    }
+}
+
+/// How the UNet export wants its timestep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimestepInput {
+    /// rank 0 (current optimum)
+    Scalar(TensorElementType),
+    /// shape [batch] (diffusers convert script)
+    PerSample(TensorElementType),
+}
+
+pub struct Unet {
+    pub graph: Graph,
+    pub timestep: TimestepInput,
+    out: String,
+}
+
+impl Unet {
+    pub fn load(runtime: &Runtime, c: &Component) -> Result<Self> {
+        let graph = Graph::load(runtime, c)?;
+        graph.input("sample")?;
+        graph.input("encoder_hidden_states")?;
+        let ts = graph.input("timestep")?;
+        let ty = ts
+            .dtype
+            .ok_or_else(|| Error::model(&graph.path, "input `timestep` is not a tensor"))?;
+        let timestep = if ts.dims.is_empty() {
+            TimestepInput::Scalar(ty)
+        } else {
+            TimestepInput::PerSample(ty)
+        };
+        let out = graph.output_name("out_sample")?;
+        Ok(Unet {
+            graph,
+            timestep,
+            out,
+        })
+    }
+
+    /// Latent channels the graph's output declares, when fixed.
+    pub fn declared_channels(&self) -> Option<usize> {
+        self.graph.outputs.first().and_then(|p| p.fixed_dim(1))
+    }
+
+    pub fn run(
+        &mut self,
+        sample: &Array4<f32>,
+        t: f64,
+        context: &Array3<f32>,
+    ) -> Result<Array4<f32>> {
+        let b = sample.shape()[0];
+        let sshape: Vec<i64> = sample.shape().iter().map(|&d| d as i64).collect();
+        let cshape: Vec<i64> = context.shape().iter().map(|&d| d as i64).collect();
+        let sample_v =
+            self.graph
+                .float_input("sample", sample.iter().copied().collect(), sshape)?;
+        let ctx_v = self.graph.float_input(
+            "encoder_hidden_states",
+            context.iter().copied().collect(),
+            cshape,
+        )?;
+        let (ty, shape) = match self.timestep {
+            TimestepInput::Scalar(ty) => (ty, vec![]),
+            TimestepInput::PerSample(ty) => (ty, vec![b as i64]),
+        };
+        let n = shape.first().copied().unwrap_or(1) as usize;
+        let ts_v = match ty {
+            TensorElementType::Int64 => Tensor::from_array((shape, vec![t.round() as i64; n]))
+                .map_err(Error::ort("timestep"))?
+                .into_dyn(),
+            _ => self
+                .graph
+                .float_input("timestep", vec![t as f32; n], shape)?,
+        };
+        let (shape, data) = self.graph.run(
+            vec![
+                ("sample".into(), sample_v),
+                ("timestep".into(), ts_v),
+                ("encoder_hidden_states".into(), ctx_v),
+            ],
+            &self.out.clone(),
+        )?;
+        if shape.len() != 4 || shape[0] != b {
+            return Err(Error::model(
+                &self.graph.path,
+                format!("output `{}` has shape {shape:?}", self.out),
+            ));
+        }
+        Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
+            .map_err(|e| Error::model(&self.graph.path, e.to_string()))
+    }
+}
+
+pub struct VaeDecoder {
+    pub graph: Graph,
+    out: String,
+}
+
+impl VaeDecoder {
+    pub fn load(runtime: &Runtime, c: &Component) -> Result<Self> {
+        let graph = Graph::load(runtime, c)?;
+        graph.input("latent_sample")?;
+        let out = graph.output_name("sample")?;
+        Ok(VaeDecoder { graph, out })
+    }
+
+    /// Decode one latent (1, C, h, w) to an image tensor (1, 3, H, W) in [-1, 1].
+    pub fn decode(&mut self, latent: &Array4<f32>) -> Result<Array4<f32>> {
+        let shape: Vec<i64> = latent.shape().iter().map(|&d| d as i64).collect();
+        let v = self
+            .graph
+            .float_input("latent_sample", latent.iter().copied().collect(), shape)?;
+        let (shape, data) = self
+            .graph
+            .run(vec![("latent_sample".into(), v)], &self.out.clone())?;
+        if shape.len() != 4 {
+            return Err(Error::model(
+                &self.graph.path,
+                format!("output `{}` has shape {shape:?}", self.out),
+            ));
+        }
+        Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
+            .map_err(|e| Error::model(&self.graph.path, e.to_string()))
+    }
+}

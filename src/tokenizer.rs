@@ -1,0 +1,301 @@
+//! CLIP tokenization with the `tokenizers` crate, producing the ids transformers' `CLIPTokenizer` gives:
+//! `[bos] + bpe(fix_text(prompt)) + [eos]`, truncated to 77 and padded with the folder's pad token.
+//!
+//! The slow `CLIPTokenizer` that diffusers loads runs `ftfy.fix_text` before BPE; [`fix_text`] ports the
+//! parts of it that change ordinary prompts (curly quotes, ligatures, full-width forms, HTML entities,
+//! control characters). ftfy's mojibake repair is not ported.
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::{Lowercase, NFC, Replace, Sequence as NormSeq};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreSeq;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+pub const MAX_LENGTH: usize = 77;
+const CLIP_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const BOS: &str = "<|startoftext|>";
+const EOS: &str = "<|endoftext|>";
+
+/// What the text encoder receives for one prompt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    /// Exactly [`MAX_LENGTH`] ids.
+    pub ids: Vec<i64>,
+    /// The text that did not fit, if any (diffusers warns about it too).
+    pub truncated: Option<String>,
+}
+
+pub struct ClipTokenizer {
+    inner: Tokenizer,
+    vocab: HashMap<u32, String>,
+    bos: i64,
+    eos: i64,
+    pad: i64,
+    pad_token: String,
+}
+
+impl ClipTokenizer {
+    /// Load from a `tokenizer/` folder: `tokenizer.json` if present, else `vocab.json` + `merges.txt`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        let mut inner = if json.is_file() {
+            Tokenizer::from_file(&json)
+                .map_err(|e| Error::model(&json, format!("unreadable tokenizer: {e}")))?
+        } else {
+            build_bpe(&dir.join("vocab.json"), &dir.join("merges.txt"))?
+        };
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::model(dir, format!("tokenizer truncation: {e}")))?;
+        let pad_token = read_pad_token(dir)?.unwrap_or_else(|| EOS.to_string());
+        let id = |tok: &str, file: &Path| {
+            inner.token_to_id(tok).map(i64::from).ok_or_else(|| {
+                Error::model(file, format!("token `{tok}` is not in the vocabulary"))
+            })
+        };
+        let (bos, eos, pad) = (
+            id(BOS, dir)?,
+            id(EOS, dir)?,
+            id(&pad_token, &dir.join("tokenizer_config.json"))?,
+        );
+        let vocab = inner
+            .get_vocab(true)
+            .into_iter()
+            .map(|(k, v)| (v, k))
+            .collect();
+        Ok(ClipTokenizer {
+            inner,
+            vocab,
+            bos,
+            eos,
+            pad,
+            pad_token,
+        })
+    }
+
+    pub fn pad_token(&self) -> (&str, i64) {
+        (&self.pad_token, self.pad)
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Encoded> {
+        let cleaned = fix_text(text);
+        let enc = self
+            .inner
+            .encode(cleaned.as_str(), false)
+            .map_err(|e| Error::Usage(format!("cannot tokenize prompt: {e}")))?;
+        let body = enc.get_ids();
+        let room = MAX_LENGTH - 2;
+        let mut ids = Vec::with_capacity(MAX_LENGTH);
+        ids.push(self.bos);
+        ids.extend(body.iter().take(room).map(|&i| i as i64));
+        ids.push(self.eos);
+        ids.resize(MAX_LENGTH, self.pad);
+        let truncated = (body.len() > room).then(|| self.decode(&body[room..]));
+        Ok(Encoded { ids, truncated })
+    }
+
+    /// Token ids back to text (for the truncation warning).
+    fn decode(&self, ids: &[u32]) -> String {
+        let byte_of: HashMap<char, u8> = bytes_to_unicode()
+            .into_iter()
+            .map(|(b, c)| (c, b))
+            .collect();
+        let joined: String = ids
+            .iter()
+            .filter_map(|i| self.vocab.get(i))
+            .map(|t| t.replace("</w>", " "))
+            .collect();
+        let bytes: Vec<u8> = joined
+            .chars()
+            .map(|c| byte_of.get(&c).copied().unwrap_or(b' '))
+            .collect();
+        String::from_utf8_lossy(&bytes).trim().to_string()
+    }
+}
+
+/// The BPE that transformers' `CLIPTokenizerFast` converter builds from `vocab.json` + `merges.txt`.
+fn build_bpe(vocab: &Path, merges: &Path) -> Result<Tokenizer> {
+    for f in [vocab, merges] {
+        if !f.is_file() {
+            return Err(Error::model(
+                f,
+                "missing (a tokenizer needs tokenizer.json, or vocab.json and merges.txt)",
+            ));
+        }
+    }
+    let bpe = BPE::from_file(&path_str(vocab), &path_str(merges))
+        .end_of_word_suffix("</w>".into())
+        .unk_token(EOS.into())
+        .build()
+        .map_err(|e| Error::model(vocab, format!("unreadable BPE vocabulary: {e}")))?;
+    let mut tok = Tokenizer::new(bpe);
+    let ws = Replace::new(
+        tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+        " ",
+    )
+    .map_err(|e| Error::model(vocab, e.to_string()))?;
+    tok.with_normalizer(Some(NormSeq::new(vec![
+        NFC.into(),
+        ws.into(),
+        Lowercase.into(),
+    ])))
+    .map_err(|e| Error::model(vocab, e.to_string()))?;
+    let split = Split::new(
+        SplitPattern::Regex(CLIP_PATTERN.into()),
+        SplitDelimiterBehavior::Removed,
+        true,
+    )
+    .map_err(|e| Error::model(vocab, e.to_string()))?;
+    tok.with_pre_tokenizer(Some(PreSeq::new(vec![
+        split.into(),
+        ByteLevel::new(false, true, false).into(),
+    ])));
+    tok.add_special_tokens([AddedToken::from(BOS, true), AddedToken::from(EOS, true)])
+        .map_err(|e| Error::model(vocab, e.to_string()))?;
+    Ok(tok)
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The pad token named by `tokenizer_config.json` or `special_tokens_map.json`.
+fn read_pad_token(dir: &Path) -> Result<Option<String>> {
+    for name in ["tokenizer_config.json", "special_tokens_map.json"] {
+        let path: PathBuf = dir.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::model(&path, format!("invalid JSON: {e}")))?;
+        match &v["pad_token"] {
+            serde_json::Value::String(s) => return Ok(Some(s.clone())),
+            serde_json::Value::Object(o) => {
+                if let Some(s) = o.get("content").and_then(|c| c.as_str()) {
+                    return Ok(Some(s.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// CLIP's byte -> printable character table (GPT-2's `bytes_to_unicode`).
+fn bytes_to_unicode() -> Vec<(u8, char)> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    bs.into_iter()
+        .zip(cs)
+        .filter_map(|(b, c)| Some((b as u8, char::from_u32(c)?)))
+        .collect()
+}
+
+/// The parts of `ftfy.fix_text` (ftfy 6, default config) that change ordinary prompts, then
+/// `whitespace_clean` and `.strip()` as transformers' `CLIPTokenizer` does. Lower-casing and NFC are left
+/// to the tokenizer's normalizer.
+pub fn fix_text(text: &str) -> String {
+    let text = if text.contains('<') {
+        text.to_string()
+    } else {
+        unescape_html(text)
+    };
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\u{2018}'..='\u{201b}' | '\u{02bc}' => out.push('\''),
+            '\u{201c}'..='\u{201f}' => out.push('"'),
+            '\u{fb00}' => out.push_str("ff"),
+            '\u{fb01}' => out.push_str("fi"),
+            '\u{fb02}' => out.push_str("fl"),
+            '\u{fb03}' => out.push_str("ffi"),
+            '\u{fb04}' => out.push_str("ffl"),
+            '\u{fb05}' | '\u{fb06}' => out.push_str("st"),
+            '\u{0132}' => out.push_str("IJ"),
+            '\u{0133}' => out.push_str("ij"),
+            '\u{ff01}'..='\u{ff5e}' => out.push(char::from_u32(c as u32 - 0xfee0).unwrap_or(c)),
+            '\u{3000}' => out.push(' '),
+            '\r' | '\u{2028}' | '\u{2029}' | '\u{0085}' => out.push('\n'),
+            '\u{0000}'..='\u{0008}' | '\u{000b}' | '\u{000e}'..='\u{001f}' | '\u{007f}' => {}
+            '\u{206a}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffc}' => {}
+            _ => out.push(c),
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn unescape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('&') {
+        out.push_str(&rest[..pos]);
+        rest = &rest[pos..];
+        let end = rest.find(';').filter(|&e| e <= 10);
+        let decoded = end.and_then(|e| {
+            let name = &rest[1..e];
+            let c = match name {
+                "amp" | "AMP" => Some('&'),
+                "lt" | "LT" => Some('<'),
+                "gt" | "GT" => Some('>'),
+                "quot" | "QUOT" => Some('"'),
+                "apos" => Some('\''),
+                "nbsp" => Some('\u{a0}'),
+                _ => name.strip_prefix('#').and_then(|n| {
+                    let v = match n.strip_prefix(['x', 'X']) {
+                        Some(h) => u32::from_str_radix(h, 16).ok(),
+                        None => n.parse().ok(),
+                    };
+                    v.and_then(char::from_u32)
+                }),
+            };
+            c.map(|c| (c, e))
+        });
+        match decoded {
+            Some((c, e)) => {
+                out.push(c);
+                rest = &rest[e + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fix_text_uncurls_and_widens() {
+        assert_eq!(
+            fix_text("it’s “x” ﬁne ＡＢ  a\tb "),
+            "it's \"x\" fine AB a b"
+        );
+        assert_eq!(fix_text("a &amp; b"), "a & b");
+        assert_eq!(fix_text("<a> &amp;"), "<a> &amp;");
+    }
+}

@@ -1,0 +1,56 @@
+//! Token ids identical to transformers' `CLIPTokenizer` (with ftfy) for every prompt in
+//! tests/fixtures/tokenizer_cases.json (written by scripts/make_fixtures.py), on both bundled layouts.
+
+use sd_onnx::tokenizer::ClipTokenizer;
+use std::path::Path;
+
+#[test]
+fn ids_match_transformers_clip_tokenizer() {
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/tokenizer_cases.json").unwrap(),
+    )
+    .unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    assert!(cases.len() >= 200);
+    for layout in [
+        "onnx/sd-tiny-convert/tokenizer",
+        "onnx/sd-tiny-optimum/tokenizer",
+    ] {
+        let tok = ClipTokenizer::from_dir(Path::new(layout)).unwrap();
+        let mut bad = Vec::new();
+        for case in cases {
+            let prompt = case["prompt"].as_str().unwrap();
+            let want: Vec<i64> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
+            let got = tok.encode(prompt).unwrap().ids;
+            if got != want {
+                bad.push(format!(
+                    "{prompt:?}\n  got  {:?}\n  want {:?}",
+                    &got[..12],
+                    &want[..12]
+                ));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{layout}: {} of {} prompts differ:\n{}",
+            bad.len(),
+            cases.len(),
+            bad.join("\n")
+        );
+    }
+}
+
+#[test]
+fn long_prompts_are_truncated_and_reported() {
+    let tok = ClipTokenizer::from_dir(Path::new("onnx/sd-tiny-optimum/tokenizer")).unwrap();
+    let enc = tok.encode(&"red ".repeat(80)).unwrap();
+    assert_eq!(enc.ids.len(), 77);
+    assert_eq!(enc.ids[76], 49407);
+    assert_eq!(enc.truncated.as_deref(), Some("red red red red red"));
+    assert!(tok.encode("a cat").unwrap().truncated.is_none());
+}
