@@ -189,7 +189,7 @@ fn txt2img(a: Txt2ImgArgs) -> Result<()> {
     };
     let factor = profile.vae_factor.value;
     for (flag, v) in [("--width", req.width), ("--height", req.height)] {
-        if v == 0 || v % factor != 0 {
+        if v == 0 || !v.is_multiple_of(factor) {
             return Err(Error::Usage(format!(
                 "{flag} {v} is not a positive multiple of {factor} (the VAE factor)"
             )));

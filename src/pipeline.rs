@@ -103,7 +103,7 @@ impl Pipeline {
     ) -> Result<Generated> {
         let factor = self.profile.vae_factor.value;
         for (flag, v) in [("--width", req.width), ("--height", req.height)] {
-            if v == 0 || v % factor != 0 {
+            if v == 0 || !v.is_multiple_of(factor) {
                 return Err(Error::Usage(format!(
                     "{flag} {v} is not a positive multiple of {factor} (the VAE factor)"
                 )));

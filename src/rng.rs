@@ -158,7 +158,7 @@ impl NoiseSource for TorchCpuRng {
             Self::normal_fill_16(&mut data[i..i + 16]);
             i += 16;
         }
-        if size % 16 != 0 {
+        if !size.is_multiple_of(16) {
             // ATen recomputes the last 16 values from fresh uniforms.
             let tail = &mut data[size - 16..];
             for v in tail.iter_mut() {

@@ -1,0 +1,198 @@
+//! The real binary: exit codes (0 ok, 2 bad input/usage, 1 other), one-line errors naming the culprit,
+//! PNG output with A1111 metadata, and no partial files. Needs ORT_DYLIB_PATH (scripts/test sets it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const MODEL: &str = "onnx/sd-tiny-optimum";
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sd-onnx"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sdonnx-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+fn expect_usage(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn t2i<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "txt2img", "--model", model, "--prompt", "a cat", "--steps", "2", "--quiet",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn bad_inputs_exit_2_with_one_line() {
+    expect_usage(&run(&t2i("no/such/folder", &[])), "no/such/folder");
+    expect_usage(&run(&t2i(MODEL, &["--width", "65"])), "--width 65");
+    expect_usage(
+        &run(&[
+            "txt2img", "--model", MODEL, "--prompt", "a cat", "--steps", "0",
+        ]),
+        "--steps",
+    );
+    expect_usage(
+        &run(&t2i(MODEL, &["--scheduler", "heunx"])),
+        "unknown scheduler `heunx`",
+    );
+    expect_usage(&run(&t2i(MODEL, &["--rng", "cuda"])), "--rng cuda");
+    // clap's own usage errors are exit 2 as well.
+    assert_eq!(run(&["txt2img", "--prompt", "x"]).status.code(), Some(2));
+}
+
+#[test]
+fn broken_folders_are_named() {
+    let d = tmpdir("broken");
+    let no_vae = d.join("no-vae");
+    copy_dir(Path::new(MODEL), &no_vae);
+    std::fs::remove_dir_all(no_vae.join("vae_decoder")).unwrap();
+    expect_usage(&run(&t2i(no_vae.to_str().unwrap(), &[])), "vae_decoder");
+
+    // A UNet graph that lacks `sample`: put the text encoder where the UNet should be.
+    let wrong = d.join("wrong-unet");
+    copy_dir(Path::new(MODEL), &wrong);
+    std::fs::copy(
+        wrong.join("text_encoder/model.onnx"),
+        wrong.join("unet/model.onnx"),
+    )
+    .unwrap();
+    expect_usage(
+        &run(&t2i(wrong.to_str().unwrap(), &[])),
+        "no input `sample`",
+    );
+
+    let bad_tok = d.join("bad-tok");
+    copy_dir(Path::new(MODEL), &bad_tok);
+    std::fs::write(bad_tok.join("tokenizer/vocab.json"), "not json").unwrap();
+    expect_usage(&run(&t2i(bad_tok.to_str().unwrap(), &[])), "vocab.json");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn missing_runtime_library_says_what_to_do() {
+    let o = bin()
+        .args(t2i(MODEL, &[]))
+        .env("ORT_DYLIB_PATH", "/no/such/libonnxruntime.so")
+        .output()
+        .unwrap();
+    expect_usage(&o, "scripts/setup");
+    let o = run(&t2i(MODEL, &["--ort-lib", "/no/such/lib.so"]));
+    expect_usage(&o, "/no/such/lib.so");
+}
+
+#[test]
+fn writes_pngs_with_parameters_and_batch_suffixes() {
+    let d = tmpdir("out");
+    let out = d.join("cat.png");
+    let o = run(&t2i(
+        MODEL,
+        &[
+            "--seed",
+            "5",
+            "--batch",
+            "2",
+            "--scheduler",
+            "euler-a",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for name in ["cat-0.png", "cat-1.png"] {
+        let f = std::fs::File::open(d.join(name)).unwrap();
+        let reader = png::Decoder::new(std::io::BufReader::new(f))
+            .read_info()
+            .unwrap();
+        let text = &reader.info().uncompressed_latin1_text[0];
+        assert_eq!(text.keyword, "parameters");
+        assert!(
+            text.text.starts_with("a cat\nSteps: 2, Sampler: Euler a,"),
+            "{}",
+            text.text
+        );
+        assert!(text.text.contains("Seed: 5, Size: 64x64"), "{}", text.text);
+    }
+    // Unwritable output: exit 1, and nothing (no temp file) left behind.
+    let o = run(&t2i(
+        MODEL,
+        &[
+            "--seed",
+            "5",
+            "--output",
+            d.join("missing/x.png").to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 2);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn tokenize_and_inspect() {
+    let o = run(&["tokenize", "--model", MODEL, "--json", "a cat"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ids"][0], 49406);
+    assert_eq!(v["ids"][3], 49407);
+    assert_eq!(v["ids"].as_array().unwrap().len(), 77);
+
+    let o = run(&["inspect", "--model", "onnx/sd-tiny-convert", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["layout"].as_str().unwrap().contains("convert"));
+    assert_eq!(v["tokenizer"]["pad_id"], 49407);
+    let unet = v["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "unet")
+        .unwrap();
+    assert!(
+        unet["external_data"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("weights.pb")
+    );
+    assert_eq!(unet["inputs"][1]["name"], "timestep");
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("latent_sample"))
+    );
+    let o = run(&["schedulers"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("dpm++2m"));
+}
