@@ -54,3 +54,28 @@ fn long_prompts_are_truncated_and_reported() {
     assert_eq!(enc.truncated.as_deref(), Some("red red red red red"));
     assert!(tok.encode("a cat").unwrap().truncated.is_none());
 }
+
+/// SD 2.x tokenizers pad with `!` (id 0) instead of `<|endoftext|>`; the pad token comes from the folder.
+#[test]
+fn pad_token_is_read_from_tokenizer_config() {
+    let dir = std::env::temp_dir().join(format!("sdonnx-pad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["vocab.json", "merges.txt", "special_tokens_map.json"] {
+        std::fs::copy(
+            Path::new("onnx/sd-tiny-optimum/tokenizer").join(f),
+            dir.join(f),
+        )
+        .unwrap();
+    }
+    let cfg =
+        std::fs::read_to_string("onnx/sd-tiny-optimum/tokenizer/tokenizer_config.json").unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["pad_token"] = "!".into();
+    std::fs::write(dir.join("tokenizer_config.json"), v.to_string()).unwrap();
+    let tok = ClipTokenizer::from_dir(&dir).unwrap();
+    assert_eq!(tok.pad_token(), ("!", 0));
+    let ids = tok.encode("a cat").unwrap().ids;
+    assert_eq!(&ids[..5], &[49406, 320, 2368, 49407, 0]);
+    assert!(ids[4..].iter().all(|&i| i == 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
