@@ -488,6 +488,14 @@ def main():
             print(f"  {dst.relative_to(ROOT)}: {dir_size(dst) / 1e6:.1f} MB")
         FIX_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copy(tok_cases, FIX_DIR / "tokenizer_cases.json")
+        # The same vocabulary as a tokenizer.json (the other way folders ship a tokenizer).
+        from transformers import CLIPTokenizerFast
+
+        tj = FIX_DIR / "tokenizer-json"
+        shutil.rmtree(tj, ignore_errors=True)
+        CLIPTokenizerFast.from_pretrained(staged / "sd-tiny-optimum" / "tokenizer").save_pretrained(tj)
+        for extra in ("vocab.json", "merges.txt"):
+            (tj / extra).unlink(missing_ok=True)
         shutil.rmtree(FIX_DIR / "txt2img", ignore_errors=True)
         shutil.copytree(refs, FIX_DIR / "txt2img")
         print(f"onnx/ holds {dir_size(ONNX_DIR) / 1e6:.1f} MB")

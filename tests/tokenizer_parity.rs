@@ -1,5 +1,6 @@
 //! Token ids identical to transformers' `CLIPTokenizer` (with ftfy) for every prompt in
-//! tests/fixtures/tokenizer_cases.json (written by scripts/make_fixtures.py), on both bundled layouts.
+//! tests/fixtures/tokenizer_cases.json (written by scripts/make_fixtures.py), on both bundled layouts and
+//! from a `tokenizer.json` (tests/fixtures/tokenizer-json, saved by transformers' CLIPTokenizerFast).
 
 use sd_onnx::tokenizer::ClipTokenizer;
 use std::path::Path;
