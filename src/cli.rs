@@ -187,20 +187,8 @@ fn txt2img(a: Txt2ImgArgs) -> Result<()> {
         height: a.height.unwrap_or(dh),
         batch: a.batch,
     };
-    let factor = profile.vae_factor.value;
-    for (flag, v) in [("--width", req.width), ("--height", req.height)] {
-        if v == 0 || !v.is_multiple_of(factor) {
-            return Err(Error::Usage(format!(
-                "{flag} {v} is not a positive multiple of {factor} (the VAE factor)"
-            )));
-        }
-    }
-    // Build the scheduler once up front so that a config we cannot honour fails before the models load.
-    let mut cfg = profile.scheduler_config.clone();
-    if req.karras {
-        cfg.set("use_karras_sigmas", serde_json::Value::Bool(true));
-    }
-    scheduler.build(&cfg, req.steps)?;
+    // Fail on bad sizes or a scheduler config we cannot honour before any graph is loaded.
+    req.check(&profile)?;
 
     let runtime = Runtime::load(a.runtime.ort_lib.as_deref())?;
     let model_name = profile.name();

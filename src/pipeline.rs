@@ -10,7 +10,7 @@ use crate::graphs::{TextEncoder, Unet, VaeDecoder};
 use crate::profile::ModelProfile;
 use crate::rng::RngKind;
 use crate::runtime::Runtime;
-use crate::schedulers::{Latents, SchedulerKind};
+use crate::schedulers::{Latents, Scheduler, SchedulerKind};
 use crate::tokenizer::ClipTokenizer;
 use ndarray::{Array3, Axis, concatenate, s};
 
@@ -28,6 +28,29 @@ pub struct Txt2Img {
     pub width: usize,
     pub height: usize,
     pub batch: usize,
+}
+
+impl Txt2Img {
+    /// Validate the request against the model and build its scheduler (with `--karras` applied), so that
+    /// callers can fail before loading any graph. The pipeline calls it too.
+    pub fn check(&self, profile: &ModelProfile) -> Result<Box<dyn Scheduler>> {
+        let factor = profile.vae_factor.value;
+        for (flag, v) in [("--width", self.width), ("--height", self.height)] {
+            if v == 0 || !v.is_multiple_of(factor) {
+                return Err(Error::Usage(format!(
+                    "{flag} {v} is not a positive multiple of {factor} (the VAE factor)"
+                )));
+            }
+        }
+        if self.batch == 0 {
+            return Err(Error::Usage("--batch must be at least 1".into()));
+        }
+        let mut config = profile.scheduler_config.clone();
+        if self.karras {
+            config.set("use_karras_sigmas", serde_json::Value::Bool(true));
+        }
+        Ok(self.scheduler.build(&config, self.steps)?)
+    }
 }
 
 /// An 8-bit RGB image, row-major, 3 bytes per pixel.
@@ -101,22 +124,8 @@ impl Pipeline {
         req: &Txt2Img,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Generated> {
+        let mut scheduler = req.check(&self.profile)?;
         let factor = self.profile.vae_factor.value;
-        for (flag, v) in [("--width", req.width), ("--height", req.height)] {
-            if v == 0 || !v.is_multiple_of(factor) {
-                return Err(Error::Usage(format!(
-                    "{flag} {v} is not a positive multiple of {factor} (the VAE factor)"
-                )));
-            }
-        }
-        if req.batch == 0 {
-            return Err(Error::Usage("--batch must be at least 1".into()));
-        }
-        let mut config = self.profile.scheduler_config.clone();
-        if req.karras {
-            config.set("use_karras_sigmas", serde_json::Value::Bool(true));
-        }
-        let mut scheduler = req.scheduler.build(&config, req.steps)?;
         let mut warnings = Vec::new();
 
         // 1. Embeddings: [uncond x B, cond x B] when guiding, as diffusers concatenates them.

@@ -198,8 +198,10 @@ pub(crate) fn axpby(a: f32, x: &Latents, b: f32, y: &Latents) -> Latents {
 
 /// Draw noise shaped like `like` from the run's generator.
 pub(crate) fn noise_like(like: &Latents, noise: &mut dyn NoiseSource) -> Latents {
-    let shape = like.raw_dim();
-    let values = noise.randn(like.shape());
-    // randn returns exactly product(shape) values.
-    Array4::from_shape_vec(shape, values).unwrap_or_else(|_| Array4::zeros(like.raw_dim()))
+    let mut out = Latents::zeros(like.raw_dim());
+    // randn yields exactly product(shape) values, in row-major order.
+    for (o, v) in out.iter_mut().zip(noise.randn(like.shape())) {
+        *o = v;
+    }
+    out
 }
