@@ -193,6 +193,33 @@ fn tokenize_and_inspect() {
             .iter()
             .any(|p| p.as_str().unwrap().contains("latent_sample"))
     );
+    // The fp16 fixture is what it claims: fp16 ports, int64 timestep, weights in model.onnx_data.
+    let o = run(&["inspect", "--model", "onnx/sd-tiny-fp16", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let unet = v["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "unet")
+        .unwrap();
+    let dtype = |name: &str| {
+        unet["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["dtype"]
+            .clone()
+    };
+    assert_eq!(dtype("sample"), "float16");
+    assert_eq!(dtype("timestep"), "int64");
+    assert!(
+        unet["external_data"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("model.onnx_data")
+    );
+
     let o = run(&["schedulers"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("dpm++2m"));
 }

@@ -3,7 +3,8 @@
 //!
 //! Tolerances: images mean |diff| <= 1.0 and max <= 8 levels of 255 (the bar), and the final
 //! latents (before the VAE) within 2e-3 absolute of diffusers', which is what tells one scheduler from
-//! another on these tiny models. Needs ORT_DYLIB_PATH (scripts/test sets it).
+//! another on these tiny models. onnx/sd-tiny-fp16 (fp16 graphs, int64 timestep) is held to the same image
+//! bar against the same float32 references, latents within 0.5. Needs ORT_DYLIB_PATH (scripts/test sets it).
 
 use sd_onnx::pipeline::{Pipeline, Txt2Img};
 use sd_onnx::profile::ModelProfile;
@@ -38,8 +39,11 @@ fn request(case: &Value) -> Txt2Img {
     }
 }
 
+/// fp16 graphs against float32 diffusers: measured up to 0.23 (lms_karras); 2x headroom.
+const FP16_LATENT_TOL: f32 = 0.5;
+
 #[test]
-fn txt2img_matches_diffusers_on_both_layouts() {
+fn txt2img_matches_diffusers_on_every_layout() {
     let refs = Path::new("tests/fixtures/txt2img");
     let doc: Value =
         serde_json::from_str(&std::fs::read_to_string(refs.join("cases.json")).unwrap()).unwrap();
@@ -47,7 +51,13 @@ fn txt2img_matches_diffusers_on_both_layouts() {
         Runtime::load(None).expect("ONNX Runtime (run scripts/test, which sets ORT_DYLIB_PATH)");
     let mut report = Vec::new();
     let mut failures = Vec::new();
-    for layout in ["onnx/sd-tiny-convert", "onnx/sd-tiny-optimum"] {
+    // (folder, latent tolerance): the fp16 folder (scripts/make_fp16_fixture.py: fp16 inputs/outputs, int64
+    // timestep, model.onnx_data) is held to the same image bar; its latents carry fp16 rounding.
+    for (layout, lat_tol) in [
+        ("onnx/sd-tiny-convert", 2e-3f32),
+        ("onnx/sd-tiny-optimum", 2e-3),
+        ("onnx/sd-tiny-fp16", FP16_LATENT_TOL),
+    ] {
         let mut pipe =
             Pipeline::load(&runtime, ModelProfile::load(Path::new(layout)).unwrap()).unwrap();
         for case in doc["cases"].as_array().unwrap() {
@@ -65,7 +75,7 @@ fn txt2img_matches_diffusers_on_both_layouts() {
                 .zip(&want_lat)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
-            if out.latents.len() != want_lat.len() || lat_diff > 2e-3 {
+            if out.latents.len() != want_lat.len() || lat_diff > lat_tol {
                 failures.push(format!("{name}: latents differ by {lat_diff}"));
             }
             for (img, file) in out.images.iter().zip(case["files"].as_array().unwrap()) {
