@@ -118,7 +118,7 @@ impl Runtime {
         let context = graph.display().to_string();
         Session::builder(&self.env)
             .map_err(Error::ort(&context))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(Error::ort(&context))?
             .with_intra_threads(self.threads)
             .map_err(Error::ort(&context))?

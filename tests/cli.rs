@@ -223,3 +223,42 @@ fn tokenize_and_inspect() {
     let o = run(&["schedulers"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("dpm++2m"));
 }
+
+/// The binary is built at ort's api-17 baseline: an older ONNX Runtime (1.22, the level lagging provider
+/// builds sit at) must run, and one below 1.17 must be refused with one clear line.
+/// scripts/fetch-compat-libs (run by scripts/test) puts both libraries in target/ort-compat.
+#[test]
+fn older_runtimes_work_down_to_the_minimum() {
+    let dir = Path::new("target/ort-compat");
+    let lib = |v: &str| {
+        let p = dir.join(format!("libonnxruntime.so.{v}"));
+        assert!(
+            p.is_file(),
+            "{} missing: run scripts/fetch-compat-libs",
+            p.display()
+        );
+        p
+    };
+    let d = tmpdir("compat");
+    let out = d.join("old.png");
+    let new = lib("1.22.0");
+    let o = run(&t2i(
+        MODEL,
+        &[
+            "--seed",
+            "3",
+            "--ort-lib",
+            new.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(out.is_file());
+    let old = lib("1.16.3");
+    expect_usage(
+        &run(&t2i(MODEL, &["--ort-lib", old.to_str().unwrap()])),
+        "is ONNX Runtime 1.16.3; sd-onnx needs 1.17",
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
