@@ -262,3 +262,126 @@ fn older_runtimes_work_down_to_the_minimum() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Defaults: random seed printed, output `sd-onnx-<seed>.png`, 25 steps, the folder's scheduler (PNDM),
+/// size from unet sample_size x VAE factor (64x64 here).
+#[test]
+fn defaults_follow_the_folder_and_print_the_seed() {
+    let d = tmpdir("defaults");
+    let model = std::fs::canonicalize(MODEL).unwrap();
+    let o = bin()
+        .current_dir(&d)
+        .args([
+            "txt2img",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a cat",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    let seed: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("seed: "))
+        .expect(&err)
+        .trim()
+        .parse()
+        .unwrap();
+    let file = d.join(format!("sd-onnx-{seed}.png"));
+    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&file).unwrap()))
+        .read_info()
+        .unwrap();
+    let text = &reader.info().uncompressed_latin1_text[0].text;
+    assert!(text.contains("Steps: 25, Sampler: PLMS,"), "{text}");
+    assert!(
+        text.contains(&format!("Seed: {seed}, Size: 64x64")),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A progress bar on a terminal (run under `script` for a pty), none with --quiet or when stderr is a pipe.
+#[test]
+fn progress_bar_only_on_a_terminal() {
+    let exe = env!("CARGO_BIN_EXE_sd-onnx");
+    let d = tmpdir("pty");
+    let cmd = |extra: &str| {
+        format!(
+            "{exe} txt2img --model {MODEL} --prompt x --steps 4 --seed 1 --output {}/p.png {extra}",
+            d.display()
+        )
+    };
+    let under_pty = |c: String| {
+        let o = Command::new("script")
+            .args(["-qec", &c, "/dev/null"])
+            .output()
+            .expect("`script` (util-linux)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(
+        under_pty(cmd("")).contains("step 5/5"),
+        "no progress bar on a terminal"
+    );
+    assert!(
+        !under_pty(cmd("--quiet")).contains("step "),
+        "--quiet must silence the bar"
+    );
+    let piped = run(&[
+        "txt2img",
+        "--model",
+        MODEL,
+        "--prompt",
+        "x",
+        "--steps",
+        "4",
+        "--seed",
+        "1",
+        "--output",
+        d.join("q.png").to_str().unwrap(),
+    ]);
+    assert!(
+        !stderr(&piped).contains("step "),
+        "no bar when stderr is not a terminal"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// With no --ort-lib and no ORT_DYLIB_PATH, the library next to the executable is used
+/// (scripts/setup places it there); every subcommand has --help.
+#[test]
+fn library_next_to_the_executable_and_help_everywhere() {
+    let exe_dir = Path::new(env!("CARGO_BIN_EXE_sd-onnx"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(
+        exe_dir.join("libonnxruntime.so").is_file(),
+        "run scripts/setup first"
+    );
+    let o = bin()
+        .env_remove("ORT_DYLIB_PATH")
+        .args(["inspect", "--model", MODEL, "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["onnx_runtime"]["found_by"], "next to the executable");
+    for sub in [
+        &[][..],
+        &["txt2img"],
+        &["inspect"],
+        &["tokenize"],
+        &["schedulers"],
+    ] {
+        let mut args: Vec<&str> = sub.to_vec();
+        args.push("--help");
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("Usage:"),
+            "{args:?}"
+        );
+    }
+}
