@@ -67,7 +67,8 @@ pub struct Txt2ImgArgs {
     /// Seed (default: random, printed).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// torch: torch.Generator("cpu") (diffusers' PyTorch pipelines); numpy: RandomState (diffusers' ONNX pipelines).
+    /// torch: torch.Generator("cpu") (diffusers' PyTorch pipelines); numpy: RandomState (diffusers' ONNX
+    /// pipelines); philox: torch.Generator("cuda") on NVIDIA GPUs (A1111's GPU/NV seeds), to ~1e-6.
     #[arg(long, default_value = "torch")]
     pub rng: String,
     /// Width in pixels (default: unet sample_size x VAE factor, else 512).
@@ -155,7 +156,7 @@ fn txt2img(a: Txt2ImgArgs) -> Result<()> {
         return Err(Error::Usage("--steps must be at least 1".into()));
     }
     let rng = RngKind::parse(&a.rng)
-        .ok_or_else(|| Error::Usage(format!("--rng {}: choose torch or numpy", a.rng)))?;
+        .ok_or_else(|| Error::Usage(format!("--rng {}: choose torch, numpy or philox", a.rng)))?;
     let explicit = a
         .scheduler
         .as_deref()

@@ -37,6 +37,7 @@ pub fn a1111_parameters(req: &Txt2Img, seed: u64, model: &str) -> String {
         match req.rng {
             RngKind::Torch => "CPU",
             RngKind::Numpy => "numpy",
+            RngKind::Philox => "NV",
         },
     ));
     s

@@ -5,7 +5,11 @@
 //! * [`NumpyRng`]: `numpy.random.RandomState(seed).randn(*shape)` (legacy polar Gaussian, float64), cast to
 //!   float32 as diffusers' ONNX pipelines do.
 //!
-//! Both keep their state between draws, so successive calls (initial latents, then the per-step noise of
+//! * [`PhiloxRng`]: `torch.randn(shape, generator=torch.Generator("cuda").manual_seed(seed))` as PyTorch
+//!   computes it on an NVIDIA GPU (curand Philox4x32-10, one subsequence per element, Box-Muller on the first
+//!   two words), so seeds from A1111 ("RNG: NV") and diffusers-on-GPU carry over without a GPU.
+//!
+//! All keep their state between draws, so successive calls (initial latents, then the per-step noise of
 //! ancestral samplers) follow the same sequence as one Python generator used by diffusers.
 
 /// Which generator a run uses; chosen with `--rng`.
@@ -13,6 +17,7 @@
 pub enum RngKind {
     Torch,
     Numpy,
+    Philox,
 }
 
 impl RngKind {
@@ -20,6 +25,7 @@ impl RngKind {
         match name {
             "torch" => Some(RngKind::Torch),
             "numpy" => Some(RngKind::Numpy),
+            "philox" => Some(RngKind::Philox),
             _ => None,
         }
     }
@@ -28,6 +34,7 @@ impl RngKind {
         match self {
             RngKind::Torch => "torch",
             RngKind::Numpy => "numpy",
+            RngKind::Philox => "philox",
         }
     }
 
@@ -35,6 +42,7 @@ impl RngKind {
         match self {
             RngKind::Torch => Box::new(TorchCpuRng::new(seed)),
             RngKind::Numpy => Box::new(NumpyRng::new(seed)),
+            RngKind::Philox => Box::new(PhiloxRng::new(seed)),
         }
     }
 }
@@ -215,6 +223,127 @@ impl NoiseSource for NumpyRng {
     }
 }
 
+/// PyTorch's CUDA generator as `torch.randn` uses it for float32 (ATen `normal_kernel` ->
+/// `distribution_elementwise_grid_stride_kernel` with `curand_normal4`).
+///
+/// Element `i` is produced by thread `i % threads` of the launch, whose curand state is
+/// `curand_init(seed, subsequence = thread, offset = philox_offset)`; each call of `curand_normal4` yields
+/// four values, of which component `k` goes to element `thread + k * threads` (+ further loop rounds).
+/// After each draw the generator's offset advances by 4 per loop round, as `calc_execution_policy` says.
+#[derive(Clone)]
+pub struct PhiloxRng {
+    seed: u64,
+    offset: u64,
+    /// Threads one launch can hold: SMs x (max threads per SM / 256) x 256. Only tensors larger than this
+    /// (over 270k values on an H200) depend on it; SD latents stay far below.
+    max_threads: u64,
+}
+
+const PHILOX_M0: u32 = 0xD251_1F53;
+const PHILOX_M1: u32 = 0xCD9E_8D57;
+const PHILOX_W0: u32 = 0x9E37_79B9;
+const PHILOX_W1: u32 = 0xBB67_AE85;
+
+fn philox4x32_10(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
+    for round in 0..10 {
+        if round > 0 {
+            key[0] = key[0].wrapping_add(PHILOX_W0);
+            key[1] = key[1].wrapping_add(PHILOX_W1);
+        }
+        let p0 = PHILOX_M0 as u64 * ctr[0] as u64;
+        let p1 = PHILOX_M1 as u64 * ctr[2] as u64;
+        ctr = [
+            ((p1 >> 32) as u32) ^ ctr[1] ^ key[0],
+            p1 as u32,
+            ((p0 >> 32) as u32) ^ ctr[3] ^ key[1],
+            p0 as u32,
+        ];
+    }
+    ctr
+}
+
+/// curand's `_curand_box_muller`: (sin, cos) scaled by sqrt(-2 ln u). The constants and the fused
+/// multiply-adds are nvcc's; sin/cos are computed exactly here (the device uses `__sincosf`).
+fn curand_box_muller(x: u32, y: u32) -> (f32, f32) {
+    const INV: f32 = 2.328_306_4e-10; // CURAND_2POW32_INV
+    const INV_2PI: f32 = 2.328_306_4e-10 * 6.283_185_5; // CURAND_2POW32_INV_2PI
+    let u = (x as f32).mul_add(INV, INV / 2.0);
+    let v = (y as f32).mul_add(INV_2PI, INV_2PI / 2.0);
+    let s = (-2.0 * u.ln()).sqrt();
+    // __sincosf: the argument is reduced as FMUL.RZ(v, 1/2pi), then the hardware sin/cos of 2*pi*r.
+    let r = mul_rz(v, 0.159_154_94);
+    let (sin, cos) = (2.0 * std::f64::consts::PI * r as f64).sin_cos();
+    ((sin as f32) * s, (cos as f32) * s)
+}
+
+/// float32 multiplication rounded toward zero (the product of two floats is exact in f64).
+fn mul_rz(a: f32, b: f32) -> f32 {
+    let exact = a as f64 * b as f64;
+    let nearest = exact as f32;
+    if (nearest as f64).abs() > exact.abs() {
+        f32::from_bits(nearest.to_bits() - 1)
+    } else {
+        nearest
+    }
+}
+
+impl PhiloxRng {
+    pub fn new(seed: u64) -> Self {
+        PhiloxRng {
+            seed,
+            offset: 0,
+            max_threads: 132 * 8 * 256,
+        }
+    }
+
+    /// `curand_normal4` for `thread` after `round` previous calls, at the generator's current offset.
+    fn normal4(&self, thread: u64, round: u64) -> [f32; 4] {
+        // curand_init: counter = (0, 0, subsequence); skipahead(offset) moves offset/4 blocks of four words.
+        let block = self.offset / 4 + round;
+        let ctr = [
+            block as u32,
+            (block >> 32) as u32,
+            thread as u32,
+            (thread >> 32) as u32,
+        ];
+        let key = [self.seed as u32, (self.seed >> 32) as u32];
+        let w = philox4x32_10(ctr, key);
+        let (a, b) = curand_box_muller(w[0], w[1]);
+        let (c, d) = curand_box_muller(w[2], w[3]);
+        [a, b, c, d]
+    }
+}
+
+impl NoiseSource for PhiloxRng {
+    fn randn(&mut self, shape: &[usize]) -> Vec<f32> {
+        let numel = shape.iter().product::<usize>() as u64;
+        if numel == 0 {
+            return Vec::new();
+        }
+        let threads = numel.div_ceil(256).min(self.max_threads / 256) * 256;
+        let per_round = threads * 4;
+        let rounds = (numel - 1) / per_round + 1;
+        let mut out = vec![0f32; numel as usize];
+        for round in 0..rounds {
+            for thread in 0..threads {
+                let base = round * per_round + thread;
+                if base >= numel {
+                    break;
+                }
+                let v = self.normal4(thread, round);
+                for (k, value) in v.iter().enumerate() {
+                    let i = base + k as u64 * threads;
+                    if i < numel {
+                        out[i as usize] = *value;
+                    }
+                }
+            }
+        }
+        self.offset += rounds * 4;
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +355,19 @@ mod tests {
         let a = g.randn(&[3]);
         assert_eq!(a, vec![1.540_996_1_f32, -0.293_428_9, -2.178_789_4]);
         assert_eq!(g.randn(&[1]), vec![0.568_431_26_f32]);
+    }
+
+    #[test]
+    fn philox_known_answers() {
+        // Random123's kat_vectors for philox4x32_10.
+        assert_eq!(
+            philox4x32_10([0; 4], [0; 2]),
+            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
+        );
+        assert_eq!(
+            philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
+            [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]
+        );
     }
 
     #[test]
