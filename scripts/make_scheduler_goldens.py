@@ -31,12 +31,24 @@ SD15 = {
 CLASSES = {
     "pndm": "PNDMScheduler",
     "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "lms": "LMSDiscreteScheduler",
     "euler": "EulerDiscreteScheduler",
     "euler-a": "EulerAncestralDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
     "dpm++2m": "DPMSolverMultistepScheduler",
-    "lms": "LMSDiscreteScheduler",
+    "dpm++2m-sde": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "kdpm2": "KDPM2DiscreteScheduler",
+    "kdpm2-a": "KDPM2AncestralDiscreteScheduler",
+    "deis": "DEISMultistepScheduler",
+    "lcm": "LCMScheduler",
 }
-KARRAS = {"euler", "dpm++2m", "lms"}
+# Constructor arguments the CLI name implies (what `sd-onnx --scheduler NAME` passes to from_config).
+NAME_KWARGS = {"dpm++2m-sde": {"algorithm_type": "sde-dpmsolver++"}}
+KARRAS = {"euler", "dpm++2m", "dpm++2m-sde", "lms", "heun", "kdpm2", "kdpm2-a", "unipc", "deis"}
+ZERO_SNR = {"ddim", "ddpm", "euler", "euler-a", "dpm++2m", "dpm++2m-sde", "unipc", "lcm"}
+THRESHOLDING = {"ddim", "ddpm", "dpm++2m", "unipc", "deis", "lcm"}
 SHAPE = (1, 4, 2, 3)  # 24 values: exercises torch.randn's tail recomputation (24 % 16 != 0)
 
 
@@ -48,7 +60,7 @@ def fake_model(x: torch.Tensor, t) -> torch.Tensor:
 
 def run(name, overrides, steps, seed=0):
     cfg = {**SD15, **overrides}
-    sched = getattr(diffusers, CLASSES[name]).from_config(cfg)
+    sched = getattr(diffusers, CLASSES[name]).from_config(cfg, **NAME_KWARGS.get(name, {}))
     sched.set_timesteps(steps)
     gen = torch.Generator().manual_seed(seed)
     sample = torch.randn(SHAPE, generator=gen) * sched.init_noise_sigma
@@ -56,9 +68,11 @@ def run(name, overrides, steps, seed=0):
     for t in sched.timesteps:
         inp = sched.scale_model_input(sample, t)
         out = fake_model(inp, t)
-        kwargs = {"generator": gen} if name == "euler-a" else {}
+        import inspect
+
+        kwargs = {"generator": gen} if "generator" in inspect.signature(sched.step).parameters else {}
         sample = sched.step(out, t, sample, **kwargs).prev_sample
-        samples.append([float(v) for v in sample.flatten()])
+        samples.append([float(f"{v:.9g}") for v in sample.flatten().tolist()])  # float32 precision
     return {
         "scheduler": name,
         "config": overrides,
@@ -84,12 +98,20 @@ def main():
         if name in KARRAS:
             for steps in (7, 25):
                 cases.append(run(name, {"use_karras_sigmas": True}, steps, seed=6))
-        if name in ("ddim", "euler", "euler-a", "dpm++2m"):
+        if name in ZERO_SNR:
             cases.append(run(name, {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
                                     "prediction_type": "v_prediction"}, 10, seed=8))
+        if name in THRESHOLDING:
+            cases.append(run(name, {"thresholding": True, "sample_max_value": 1.5, "prediction_type": "sample"}, 10, seed=11))
         if name == "ddim":
             cases.append(run(name, {"clip_sample": True, "set_alpha_to_one": True}, 10, seed=9))
             cases.append(run(name, {"prediction_type": "sample"}, 10, seed=10))
+    # diffusers itself produces NaN for a few configurations (e.g. KDPM2 with squaredcos_cap_v2: the
+    # interpolated sigma's log underflows); nothing to compare against there.
+    nan = [c for c in cases if any(v != v for v in c["timesteps"]) or any(v != v for s in c["samples"] for v in s)]
+    for c in nan:
+        print(f"  skipped (diffusers gives NaN): {c['scheduler']} {c['config']} steps={c['steps']}")
+    cases = [c for c in cases if c not in nan]
     out = ROOT / "tests" / "fixtures" / "scheduler_goldens.json"
     doc = {"diffusers": diffusers.__version__, "torch": torch.__version__, "base_config": SD15, "shape": SHAPE,
            "cases": cases}

@@ -17,6 +17,14 @@ fn a1111_sampler(kind: SchedulerKind) -> &'static str {
         SchedulerKind::EulerAncestral => "Euler a",
         SchedulerKind::DpmPp2m => "DPM++ 2M",
         SchedulerKind::Lms => "LMS",
+        SchedulerKind::Ddpm => "DDPM",
+        SchedulerKind::Heun => "Heun",
+        SchedulerKind::DpmPp2mSde => "DPM++ 2M SDE",
+        SchedulerKind::UniPc => "UniPC",
+        SchedulerKind::Kdpm2 => "DPM2",
+        SchedulerKind::Kdpm2Ancestral => "DPM2 a",
+        SchedulerKind::Deis => "DEIS",
+        SchedulerKind::Lcm => "LCM",
     }
 }
 

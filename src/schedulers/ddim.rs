@@ -1,6 +1,7 @@
 //! DDIM with eta = 0 (the pipelines' default): deterministic.
 //! Port of diffusers `schedulers/scheduling_ddim.py` (`DDIMScheduler.set_timesteps`, `step`).
 
+use super::schedule::{BETAS_DDPM, Thresholding};
 use super::schedule::{TrainSchedule, ZeroSnr, np_arange, np_linspace, np_round, spacing_err};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err};
 use crate::rng::NoiseSource;
@@ -10,13 +11,14 @@ pub struct Ddim {
     final_alpha_cumprod: f32,
     prediction: Prediction,
     clip: Option<f32>,
+    thresholding: Option<Thresholding>,
     step_ratio: i64,
     timesteps: Vec<f64>,
 }
 
 impl Ddim {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
-        let train = TrainSchedule::from_config(config, ZeroSnr::Accepted)?;
+        let train = TrainSchedule::from_config(config, ZeroSnr::Accepted, BETAS_DDPM)?;
         let n = train.num_train_timesteps;
         if steps > n {
             return Err(config_err(
@@ -24,7 +26,6 @@ impl Ddim {
                 format!("{steps} steps exceed the {n} training timesteps"),
             ));
         }
-        config.require_default_bool("thresholding", false)?;
         let offset = config.usize("steps_offset", 0)? as i64;
         let ts: Vec<i64> = match config.str("timestep_spacing", "leading")? {
             "linspace" => np_linspace(0.0, (n - 1) as f64, steps)
@@ -51,7 +52,8 @@ impl Ddim {
                 format!("puts timesteps outside 0..{n}"),
             ));
         }
-        let clip = if config.bool("clip_sample", true)? {
+        let thresholding = Thresholding::from_config(config)?;
+        let clip = if thresholding.is_none() && config.bool("clip_sample", true)? {
             Some(config.f64("clip_sample_range", 1.0)? as f32)
         } else {
             None
@@ -66,6 +68,7 @@ impl Ddim {
             final_alpha_cumprod,
             prediction: config.prediction()?,
             clip,
+            thresholding,
             step_ratio: (n / steps) as i64,
             timesteps: ts.iter().map(|&t| t as f64).collect(),
         })
@@ -118,7 +121,10 @@ impl Scheduler for Ddim {
                     *e = sa * m + sb * s;
                 }
             });
-        if let Some(r) = self.clip {
+        if let Some(t) = &self.thresholding {
+            t.apply(&mut x0);
+            // diffusers recomputes nothing here: pred_epsilon stays the model's.
+        } else if let Some(r) = self.clip {
             x0.mapv_inplace(|v| v.clamp(-r, r));
         }
         // eta = 0: std_dev_t = 0, no noise.

@@ -1,19 +1,23 @@
-//! DPM-Solver++ (2M): second-order multistep, data prediction, midpoint or Heun solver type.
-//! Port of diffusers `schedulers/scheduling_dpmsolver_multistep.py` (`DPMSolverMultistepScheduler` with
-//! `algorithm_type="dpmsolver++"`, `solver_order=2`): `set_timesteps`, `convert_model_output`,
-//! `dpm_solver_first_order_update`, `multistep_dpm_solver_second_order_update`, `step`.
+//! DPM-Solver++ (2M) and its SDE variant (2M SDE): second-order multistep, data prediction, midpoint or
+//! Heun solver type. Port of diffusers `schedulers/scheduling_dpmsolver_multistep.py`
+//! (`DPMSolverMultistepScheduler` with `algorithm_type="dpmsolver++"` / `"sde-dpmsolver++"`, `solver_order=2`):
+//! `set_timesteps`, `convert_model_output`, `dpm_solver_first_order_update`,
+//! `multistep_dpm_solver_second_order_update`, `step`.
 
-use super::schedule::{
-    TrainSchedule, ZeroSnr, interp_index, karras_sigmas, log_sigmas, np_arange, np_linspace,
-    np_round, reject_sigma_variants, sigma_to_t, spacing_err,
+use super::multistep::{
+    FinalSigma, MultistepSchedule, alpha_sigma, data_prediction, final_sigmas_type, lambda,
 };
-use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err};
+use super::schedule::{BETAS_DDPM, Thresholding, TrainSchedule, ZeroSnr, reject_sigma_variants};
+use super::{
+    Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err, noise_like,
+};
 use crate::rng::NoiseSource;
 
 pub struct DpmPp2m {
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
+    schedule: MultistepSchedule,
     prediction: Prediction,
+    thresholding: Option<Thresholding>,
+    sde: bool,
     heun: bool,
     lower_order_final: bool,
     euler_at_final: bool,
@@ -22,36 +26,28 @@ pub struct DpmPp2m {
     lower_order_nums: usize,
 }
 
-/// `_sigma_to_alpha_sigma_t` (non-flow models).
-fn alpha_sigma(sigma: f32) -> (f32, f32) {
-    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-    (alpha, sigma * alpha)
-}
-
-fn lambda(alpha: f32, sigma: f32) -> f32 {
-    alpha.ln() - sigma.ln()
-}
-
 impl DpmPp2m {
-    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
-        let train = TrainSchedule::from_config(config, ZeroSnr::ClampLast)?;
-        let n = train.num_train_timesteps;
-        match config.str("algorithm_type", "dpmsolver++")? {
-            "dpmsolver++" | "deis" => {}
-            other => {
-                return Err(config_err(
-                    "algorithm_type",
-                    format!("`{other}` is not ported by dpm++2m (dpmsolver++ only)"),
-                ));
+    /// `sde`: the 2M SDE variant (`sde-dpmsolver++`), whatever the config's `algorithm_type` says, since the
+    /// CLI name chose it; otherwise the config must not ask for an algorithm we do not port.
+    pub fn new(config: &SchedulerConfig, steps: usize, sde: bool) -> Result<Self, SchedulerError> {
+        let train = TrainSchedule::from_config(config, ZeroSnr::ClampLast, BETAS_DDPM)?;
+        if !sde {
+            match config.str("algorithm_type", "dpmsolver++")? {
+                "dpmsolver++" | "deis" | "sde-dpmsolver++" => {}
+                other => {
+                    return Err(config_err(
+                        "algorithm_type",
+                        format!("`{other}` is not ported (dpmsolver++ and sde-dpmsolver++ are)"),
+                    ));
+                }
             }
         }
         if config.usize("solver_order", 2)? != 2 {
             return Err(config_err(
                 "solver_order",
-                "dpm++2m is the second-order solver; only 2 is ported",
+                "the 2M solvers are second order; only 2 is ported",
             ));
         }
-        config.require_default_bool("thresholding", false)?;
         reject_sigma_variants(
             config,
             &[
@@ -81,76 +77,17 @@ impl DpmPp2m {
                 ));
             }
         };
-        let final_zero = match config.str("final_sigmas_type", "zero")? {
-            "zero" => true,
-            "sigma_min" => false,
-            other => {
-                return Err(config_err(
-                    "final_sigmas_type",
-                    format!("`{other}` is not one of zero, sigma_min"),
-                ));
-            }
-        };
-        let all = train.sigmas();
-        // lambda_min_clipped trims the schedule's noisy end (diffusers: searchsorted on flipped lambda_t).
-        let clip = config.f64("lambda_min_clipped", f64::NEG_INFINITY)?;
-        let lambdas: Vec<f32> = train
-            .alphas_cumprod
-            .iter()
-            .map(|a| lambda(a.sqrt(), (1.0 - a).sqrt()))
-            .rev()
-            .collect();
-        let clipped_idx = lambdas.iter().take_while(|&&l| (l as f64) < clip).count();
-        let last = (n - clipped_idx) as f64;
-        let offset = config.usize("steps_offset", 0)? as i64;
-        let mut ts: Vec<i64> = match config.str("timestep_spacing", "linspace")? {
-            "linspace" => {
-                let v = np_linspace(0.0, last - 1.0, steps + 1);
-                v.iter()
-                    .rev()
-                    .take(steps)
-                    .map(|&x| np_round(x) as i64)
-                    .collect()
-            }
-            "leading" => {
-                let ratio = (last as i64) / (steps as i64 + 1);
-                (1..=steps as i64)
-                    .rev()
-                    .map(|i| i * ratio + offset)
-                    .collect()
-            }
-            "trailing" => np_arange(last, 0.0, -(n as f64 / steps as f64))
-                .iter()
-                .map(|&x| np_round(x) as i64 - 1)
-                .collect(),
-            other => return Err(spacing_err(other)),
-        };
-        let mut sigmas: Vec<f64>;
-        if config.bool("use_karras_sigmas", false)? {
-            let logs = log_sigmas(&all);
-            sigmas = karras_sigmas(all[0] as f64, all[n - 1] as f64, steps);
-            let cosine = config.str("beta_schedule", "linear")? == "squaredcos_cap_v2";
-            ts = sigmas
-                .iter()
-                .map(|&s| {
-                    let t = sigma_to_t(s, &logs);
-                    (if cosine { t } else { np_round(t) }) as i64
-                })
-                .collect();
+        let final_zero = final_sigmas_type(config)?;
+        let last = if final_zero {
+            FinalSigma::Zero
         } else {
-            if ts.iter().any(|&t| t < 0 || t >= n as i64) {
-                return Err(config_err(
-                    "steps_offset",
-                    format!("puts timesteps outside 0..{n}"),
-                ));
-            }
-            sigmas = ts.iter().map(|&t| interp_index(t as f64, &all)).collect();
-        }
-        sigmas.push(if final_zero { 0.0 } else { all[0] as f64 });
+            FinalSigma::SigmaMin
+        };
         Ok(DpmPp2m {
-            timesteps: ts.iter().map(|&t| t as f64).collect(),
-            sigmas: sigmas.iter().map(|&s| s as f32).collect(),
+            schedule: MultistepSchedule::new(config, &train, steps, true, last, last)?,
             prediction: config.prediction()?,
+            thresholding: Thresholding::from_config(config)?,
+            sde,
             heun,
             lower_order_final: config.bool("lower_order_final", true)?,
             euler_at_final: config.bool("euler_at_final", false)?,
@@ -159,27 +96,11 @@ impl DpmPp2m {
             lower_order_nums: 0,
         })
     }
-
-    /// `convert_model_output` for dpmsolver++: the data prediction x0.
-    fn x0(&self, model_output: &Latents, sample: &Latents, index: usize) -> Latents {
-        let (alpha, sigma) = alpha_sigma(self.sigmas[index]);
-        let mut x0 = sample.clone();
-        match self.prediction {
-            Prediction::Epsilon => {
-                x0.zip_mut_with(model_output, |s, &m| *s = (*s - sigma * m) / alpha)
-            }
-            Prediction::Sample => x0.assign(model_output),
-            Prediction::VPrediction => {
-                x0.zip_mut_with(model_output, |s, &m| *s = alpha * *s - sigma * m)
-            }
-        }
-        x0
-    }
 }
 
 impl Scheduler for DpmPp2m {
     fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+        &self.schedule.timesteps
     }
 
     fn init_noise_sigma(&self) -> f32 {
@@ -191,38 +112,48 @@ impl Scheduler for DpmPp2m {
         model_output: &Latents,
         index: usize,
         sample: &Latents,
-        _noise: &mut dyn NoiseSource,
+        noise: &mut dyn NoiseSource,
     ) -> Latents {
-        let len = self.timesteps.len();
+        let sigmas = &self.schedule.sigmas;
+        let len = self.schedule.timesteps.len();
         let lower_order_final = index == len - 1
             && (self.euler_at_final || (self.lower_order_final && len < 15) || self.final_zero);
-        let x0 = self.x0(model_output, sample, index);
+        let mut x0 = data_prediction(self.prediction, sigmas[index], model_output, sample);
+        if let Some(t) = &self.thresholding {
+            t.apply(&mut x0);
+        }
         if self.model_outputs.len() == 2 {
             self.model_outputs.remove(0);
         }
         self.model_outputs.push(x0);
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[index + 1]);
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[index]);
-        let lambda_t = lambda(alpha_t, sigma_t);
-        let lambda_s0 = lambda(alpha_s0, sigma_s0);
-        let h = lambda_t - lambda_s0;
-        let ratio = sigma_t / sigma_s0;
-        let c0 = alpha_t * ((-h).exp() - 1.0);
+        // The SDE variant draws its noise every step, before the update (diffusers' order).
+        let eps = self.sde.then(|| noise_like(model_output, noise));
+        let (alpha_t, sigma_t) = alpha_sigma(sigmas[index + 1]);
+        let (alpha_s0, sigma_s0) = alpha_sigma(sigmas[index]);
+        let h = lambda(alpha_t, sigma_t) - lambda(alpha_s0, sigma_s0);
+        // Coefficients of sample, D0 and D1 (and the noise, for SDE).
+        let (ratio, c0, half) = if self.sde {
+            let c = alpha_t * (1.0 - (-2.0 * h).exp());
+            (sigma_t / sigma_s0 * (-h).exp(), -c, c)
+        } else {
+            let c = alpha_t * ((-h).exp() - 1.0);
+            (sigma_t / sigma_s0, c, c)
+        };
+        let noise_scale = sigma_t * (1.0 - (-2.0 * h).exp()).sqrt();
         let m0 = &self.model_outputs[self.model_outputs.len() - 1];
         let mut out = sample.clone();
         if self.lower_order_nums < 1 || lower_order_final {
             out.zip_mut_with(m0, |s, &d0| *s = ratio * *s - c0 * d0);
         } else {
-            // Second order (diffusers' `lower_order_second` only matters for solver_order 3).
             let m1 = &self.model_outputs[self.model_outputs.len() - 2];
-            let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[index - 1]);
-            let h0 = lambda_s0 - lambda(alpha_s1, sigma_s1);
-            let r0 = h0 / h;
+            let (alpha_s1, sigma_s1) = alpha_sigma(sigmas[index - 1]);
+            let r0 = (lambda(alpha_s0, sigma_s0) - lambda(alpha_s1, sigma_s1)) / h;
             let inv_r0 = 1.0 / r0;
-            let c1 = if self.heun {
-                -(alpha_t * (((-h).exp() - 1.0) / h + 1.0))
-            } else {
-                0.5 * c0
+            let c1 = match (self.sde, self.heun) {
+                (false, false) => 0.5 * half,
+                (false, true) => -(alpha_t * (((-h).exp() - 1.0) / h + 1.0)),
+                (true, false) => -0.5 * half,
+                (true, true) => -(alpha_t * ((1.0 - (-2.0 * h).exp()) / (-2.0 * h) + 1.0)),
             };
             ndarray::Zip::from(&mut out)
                 .and(m0)
@@ -231,6 +162,9 @@ impl Scheduler for DpmPp2m {
                     let d1 = inv_r0 * (d0 - p1);
                     *s = ratio * *s - c0 * d0 - c1 * d1;
                 });
+        }
+        if let Some(eps) = eps {
+            out.zip_mut_with(&eps, |s, &e| *s += noise_scale * e);
         }
         if self.lower_order_nums < 2 {
             self.lower_order_nums += 1;

@@ -1,6 +1,7 @@
 //! Euler (k-diffusion `sample_euler`, s_churn = 0).
 //! Port of diffusers `schedulers/scheduling_euler_discrete.py` (`EulerDiscreteScheduler`).
 
+use super::schedule::BETAS_DDPM;
 use super::schedule::{SigmaSchedule, SigmaSpacing, TrainSchedule, ZeroSnr, reject_sigma_variants};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err};
 use crate::rng::NoiseSource;
@@ -12,7 +13,7 @@ pub struct Euler {
 
 impl Euler {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
-        let train = TrainSchedule::from_config(config, ZeroSnr::ClampLast)?;
+        let train = TrainSchedule::from_config(config, ZeroSnr::ClampLast, BETAS_DDPM)?;
         reject_sigma_variants(config, &["use_exponential_sigmas", "use_beta_sigmas"])?;
         if config.str("interpolation_type", "linear")? != "linear" {
             return Err(config_err("interpolation_type", "only `linear` is ported"));

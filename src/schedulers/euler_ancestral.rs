@@ -1,6 +1,7 @@
 //! Euler ancestral (k-diffusion `sample_euler_ancestral`, eta = 1): fresh noise after every step.
 //! Port of diffusers `schedulers/scheduling_euler_ancestral_discrete.py` (`EulerAncestralDiscreteScheduler`).
 
+use super::schedule::BETAS_DDPM;
 use super::schedule::{SigmaSchedule, SigmaSpacing, TrainSchedule, ZeroSnr};
 use super::{
     Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err, noise_like,
@@ -14,7 +15,7 @@ pub struct EulerAncestral {
 
 impl EulerAncestral {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
-        let train = TrainSchedule::from_config(config, ZeroSnr::ClampLast)?;
+        let train = TrainSchedule::from_config(config, ZeroSnr::ClampLast, BETAS_DDPM)?;
         // diffusers' class has no use_karras_sigmas: a config key is ignored there, but an explicit
         // request (--karras) cannot be honoured.
         if config

@@ -3,6 +3,7 @@
 //! each Lagrange basis polynomial with `scipy.integrate.quad`; the integrand is a polynomial of degree <= 3,
 //! so three-point Gauss-Legendre quadrature gives the same value exactly.
 
+use super::schedule::BETAS_DDPM;
 use super::schedule::{SigmaSchedule, SigmaSpacing, TrainSchedule, ZeroSnr, reject_sigma_variants};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError};
 use crate::rng::NoiseSource;
@@ -17,7 +18,7 @@ pub struct Lms {
 
 impl Lms {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
-        let train = TrainSchedule::from_config(config, ZeroSnr::NotAccepted)?;
+        let train = TrainSchedule::from_config(config, ZeroSnr::NotAccepted, BETAS_DDPM)?;
         reject_sigma_variants(config, &["use_exponential_sigmas", "use_beta_sigmas"])?;
         let spacing = if config.bool("use_karras_sigmas", false)? {
             SigmaSpacing::Karras

@@ -9,12 +9,20 @@
 
 mod config;
 mod ddim;
+mod ddpm;
+mod deis;
 mod dpmpp_2m;
 mod euler;
 mod euler_ancestral;
+mod heun;
+mod kdpm2;
+mod kdpm2_ancestral;
+mod lcm;
 mod lms;
+mod multistep;
 mod pndm;
 mod schedule;
+mod unipc;
 
 pub use config::SchedulerConfig;
 
@@ -71,13 +79,21 @@ pub trait Scheduler: Send {
 pub enum SchedulerKind {
     Pndm,
     Ddim,
+    Ddpm,
+    Lms,
     Euler,
     EulerAncestral,
+    Heun,
     DpmPp2m,
-    Lms,
+    DpmPp2mSde,
+    UniPc,
+    Kdpm2,
+    Kdpm2Ancestral,
+    Deis,
+    Lcm,
 }
 
-const ALL: [(SchedulerKind, &str, &str, &str); 6] = [
+const ALL: [(SchedulerKind, &str, &str, &str); 14] = [
     (
         SchedulerKind::Pndm,
         "pndm",
@@ -89,6 +105,18 @@ const ALL: [(SchedulerKind, &str, &str, &str); 6] = [
         "ddim",
         "DDIMScheduler",
         "denoising diffusion implicit models, deterministic (eta 0)",
+    ),
+    (
+        SchedulerKind::Ddpm,
+        "ddpm",
+        "DDPMScheduler",
+        "the original ancestral sampler; needs many steps",
+    ),
+    (
+        SchedulerKind::Lms,
+        "lms",
+        "LMSDiscreteScheduler",
+        "linear multistep (order 4) on the sigma ODE",
     ),
     (
         SchedulerKind::Euler,
@@ -103,16 +131,52 @@ const ALL: [(SchedulerKind, &str, &str, &str); 6] = [
         "Euler with fresh noise each step (ancestral)",
     ),
     (
+        SchedulerKind::Heun,
+        "heun",
+        "HeunDiscreteScheduler",
+        "Heun's second-order method; two UNet calls a step",
+    ),
+    (
         SchedulerKind::DpmPp2m,
         "dpm++2m",
         "DPMSolverMultistepScheduler",
         "DPM-Solver++ second-order multistep",
     ),
     (
-        SchedulerKind::Lms,
-        "lms",
-        "LMSDiscreteScheduler",
-        "linear multistep (order 4) on the sigma ODE",
+        SchedulerKind::DpmPp2mSde,
+        "dpm++2m-sde",
+        "DPMSolverMultistepScheduler",
+        "DPM-Solver++ 2M, stochastic (fresh noise each step)",
+    ),
+    (
+        SchedulerKind::UniPc,
+        "unipc",
+        "UniPCMultistepScheduler",
+        "UniPC bh2 predictor-corrector, second order",
+    ),
+    (
+        SchedulerKind::Kdpm2,
+        "kdpm2",
+        "KDPM2DiscreteScheduler",
+        "k-diffusion DPM2; two UNet calls a step",
+    ),
+    (
+        SchedulerKind::Kdpm2Ancestral,
+        "kdpm2-a",
+        "KDPM2AncestralDiscreteScheduler",
+        "DPM2 with fresh noise each step (ancestral)",
+    ),
+    (
+        SchedulerKind::Deis,
+        "deis",
+        "DEISMultistepScheduler",
+        "DEIS log-rho multistep, second order",
+    ),
+    (
+        SchedulerKind::Lcm,
+        "lcm",
+        "LCMScheduler",
+        "latent consistency; for LCM(-LoRA) UNets, 2-8 steps",
     ),
 ];
 
@@ -137,6 +201,18 @@ impl SchedulerKind {
             .find(|e| e.2 == class)
             .map(|e| e.0)
             .ok_or_else(|| SchedulerError::UnknownClass(class.to_string()))
+    }
+
+    /// The scheduler a folder's config names: its class, and for DPMSolverMultistepScheduler the algorithm.
+    pub fn from_config(config: &SchedulerConfig) -> Option<Self> {
+        let kind = Self::from_class(config.class_name()?).ok()?;
+        let sde =
+            config.raw().get("algorithm_type").and_then(|v| v.as_str()) == Some("sde-dpmsolver++");
+        Some(if kind == SchedulerKind::DpmPp2m && sde {
+            SchedulerKind::DpmPp2mSde
+        } else {
+            kind
+        })
     }
 
     pub fn name(self) -> &'static str {
@@ -164,7 +240,17 @@ impl SchedulerKind {
             SchedulerKind::EulerAncestral => {
                 Box::new(euler_ancestral::EulerAncestral::new(config, steps)?)
             }
-            SchedulerKind::DpmPp2m => Box::new(dpmpp_2m::DpmPp2m::new(config, steps)?),
+            SchedulerKind::DpmPp2m => Box::new(dpmpp_2m::DpmPp2m::new(config, steps, false)?),
+            SchedulerKind::DpmPp2mSde => Box::new(dpmpp_2m::DpmPp2m::new(config, steps, true)?),
+            SchedulerKind::Ddpm => Box::new(ddpm::Ddpm::new(config, steps)?),
+            SchedulerKind::Heun => Box::new(heun::Heun::new(config, steps)?),
+            SchedulerKind::UniPc => Box::new(unipc::UniPc::new(config, steps)?),
+            SchedulerKind::Kdpm2 => Box::new(kdpm2::Kdpm2::new(config, steps)?),
+            SchedulerKind::Kdpm2Ancestral => {
+                Box::new(kdpm2_ancestral::Kdpm2Ancestral::new(config, steps)?)
+            }
+            SchedulerKind::Deis => Box::new(deis::Deis::new(config, steps)?),
+            SchedulerKind::Lcm => Box::new(lcm::Lcm::new(config, steps)?),
             SchedulerKind::Lms => Box::new(lms::Lms::new(config, steps)?),
         })
     }

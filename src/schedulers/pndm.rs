@@ -2,6 +2,7 @@
 //! Port of diffusers `schedulers/scheduling_pndm.py` (`PNDMScheduler.set_timesteps`, `step_plms`,
 //! `_get_prev_sample`).
 
+use super::schedule::BETAS_DDPM;
 use super::schedule::{TrainSchedule, ZeroSnr, np_arange, np_linspace, np_round, spacing_err};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err};
 use crate::rng::NoiseSource;
@@ -19,7 +20,7 @@ pub struct Pndm {
 
 impl Pndm {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
-        let train = TrainSchedule::from_config(config, ZeroSnr::NotAccepted)?;
+        let train = TrainSchedule::from_config(config, ZeroSnr::NotAccepted, BETAS_DDPM)?;
         let n = train.num_train_timesteps;
         if !config.bool("skip_prk_steps", false)? {
             return Err(config_err(

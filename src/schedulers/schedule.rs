@@ -59,6 +59,33 @@ pub enum ZeroSnr {
     ClampLast,
 }
 
+/// A class's constructor defaults for the beta keys.
+#[derive(Clone, Copy)]
+pub struct BetaDefaults {
+    pub start: f64,
+    pub end: f64,
+    pub schedule: &'static str,
+}
+
+/// DDPM, DDIM, PNDM, Euler, LMS, DPM-Solver, UniPC, DEIS.
+pub const BETAS_DDPM: BetaDefaults = BetaDefaults {
+    start: 0.0001,
+    end: 0.02,
+    schedule: "linear",
+};
+/// Heun, KDPM2, KDPM2 ancestral ("sensible defaults" in diffusers).
+pub const BETAS_K: BetaDefaults = BetaDefaults {
+    start: 0.00085,
+    end: 0.012,
+    schedule: "linear",
+};
+/// LCM.
+pub const BETAS_LCM: BetaDefaults = BetaDefaults {
+    start: 0.00085,
+    end: 0.012,
+    schedule: "scaled_linear",
+};
+
 /// The config keys that define the training noise schedule, with the defaults all our classes share.
 pub struct TrainSchedule {
     pub num_train_timesteps: usize,
@@ -70,6 +97,7 @@ impl TrainSchedule {
     pub fn from_config(
         config: &SchedulerConfig,
         zero_snr: ZeroSnr,
+        defaults: BetaDefaults,
     ) -> Result<Self, SchedulerError> {
         let n = config.usize("num_train_timesteps", 1000)?;
         if n < 2 {
@@ -84,19 +112,26 @@ impl TrainSchedule {
             }
             trained.iter().map(|&b| b as f32).collect()
         } else {
-            let start = config.f64("beta_start", 0.0001)?;
-            let end = config.f64("beta_end", 0.02)?;
-            match config.str("beta_schedule", "linear")? {
+            let start = config.f64("beta_start", defaults.start)?;
+            let end = config.f64("beta_end", defaults.end)?;
+            match config.str("beta_schedule", defaults.schedule)? {
                 "linear" => torch_linspace_f32(start, end, n),
                 "scaled_linear" => torch_linspace_f32(start.sqrt(), end.sqrt(), n)
                     .iter()
                     .map(|b| b * b)
                     .collect(),
-                "squaredcos_cap_v2" => betas_for_alpha_bar(n),
+                "squaredcos_cap_v2" => betas_for_alpha_bar(n, |t: f64| {
+                    ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+                        .cos()
+                        .powi(2)
+                }),
+                "exp" => betas_for_alpha_bar(n, |t: f64| (t * -12.0).exp()),
                 other => {
                     return Err(config_err(
                         "beta_schedule",
-                        format!("`{other}` is not one of linear, scaled_linear, squaredcos_cap_v2"),
+                        format!(
+                            "`{other}` is not one of linear, scaled_linear, squaredcos_cap_v2, exp"
+                        ),
                     ));
                 }
             }
@@ -141,13 +176,8 @@ fn cumprod(values: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// diffusers' `betas_for_alpha_bar` with the cosine transform (Glide's `squaredcos_cap_v2`).
-fn betas_for_alpha_bar(n: usize) -> Vec<f32> {
-    let alpha_bar = |t: f64| {
-        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
-            .cos()
-            .powi(2)
-    };
+/// diffusers' `betas_for_alpha_bar` (cosine: Glide's `squaredcos_cap_v2`; or `exp`).
+fn betas_for_alpha_bar(n: usize, alpha_bar: impl Fn(f64) -> f64) -> Vec<f32> {
     (0..n)
         .map(|i| {
             let t1 = i as f64 / n as f64;
@@ -262,6 +292,61 @@ pub fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
     (1.0 - w) * low as f64 + w * high as f64
 }
 
+/// `_sigma_to_t` when diffusers calls it with torch float32 tensors (KDPM2's interpolated sigmas): the log
+/// and the weight in float32, the final blend in float64.
+pub fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let mut low = 0usize;
+    for (i, &ls) in log_sigmas.iter().enumerate() {
+        if log_sigma - ls >= 0.0 {
+            low = i;
+        }
+    }
+    let low = low.min(log_sigmas.len() - 2);
+    let (lo, hi) = (log_sigmas[low], log_sigmas[low + 1]);
+    let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0) as f64;
+    (1.0 - w) * low as f64 + w * (low + 1) as f64
+}
+
+/// diffusers' `_threshold_sample` (dynamic thresholding, Imagen): per image, clamp to the
+/// `dynamic_thresholding_ratio` quantile of |x| (at least 1, at most `sample_max_value`) and divide by it.
+pub struct Thresholding {
+    ratio: f64,
+    max_value: f32,
+}
+
+impl Thresholding {
+    /// `None` unless `thresholding` is true in the config.
+    pub fn from_config(config: &SchedulerConfig) -> Result<Option<Self>, SchedulerError> {
+        if !config.bool("thresholding", false)? {
+            return Ok(None);
+        }
+        Ok(Some(Thresholding {
+            ratio: config.f64("dynamic_thresholding_ratio", 0.995)?,
+            max_value: config.f64("sample_max_value", 1.0)? as f32,
+        }))
+    }
+
+    pub fn apply(&self, x: &mut super::Latents) {
+        for mut item in x.outer_iter_mut() {
+            let mut abs: Vec<f32> = item.iter().map(|v| v.abs()).collect();
+            abs.sort_by(f32::total_cmp);
+            // torch.quantile, linear interpolation.
+            let pos = self.ratio * (abs.len() - 1) as f64;
+            let lo = pos.floor() as usize;
+            let hi = (lo + 1).min(abs.len() - 1);
+            let w = (pos - lo as f64) as f32;
+            let q = if w < 0.5 {
+                abs[lo] + w * (abs[hi] - abs[lo])
+            } else {
+                abs[hi] - (abs[hi] - abs[lo]) * (1.0 - w)
+            };
+            let s = q.clamp(1.0, self.max_value.max(1.0));
+            item.mapv_inplace(|v| v.clamp(-s, s) / s);
+        }
+    }
+}
+
 pub fn log_sigmas(sigmas: &[f32]) -> Vec<f32> {
     sigmas.iter().map(|s| s.ln()).collect()
 }
@@ -298,7 +383,7 @@ mod tests {
     #[test]
     fn sigma_to_t_inverts_training_sigmas() {
         let cfg = SchedulerConfig::default();
-        let sched = TrainSchedule::from_config(&cfg, ZeroSnr::NotAccepted).unwrap();
+        let sched = TrainSchedule::from_config(&cfg, ZeroSnr::NotAccepted, BETAS_DDPM).unwrap();
         let sigmas = sched.sigmas();
         let logs = log_sigmas(&sigmas);
         let t = sigma_to_t(sigmas[500] as f64, &logs);

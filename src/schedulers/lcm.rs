@@ -1,0 +1,122 @@
+//! LCM (latent consistency models): a consistency-function jump to x0, then re-noising to the next
+//! timestep with fresh noise. Port of diffusers `schedulers/scheduling_lcm.py` (`LCMScheduler.set_timesteps`,
+//! `get_scalings_for_boundary_condition_discrete`, `step`). Meant for LCM-distilled or LCM-LoRA'd UNets.
+
+use super::schedule::{BETAS_LCM, Thresholding, TrainSchedule, ZeroSnr, np_linspace};
+use super::{
+    Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err, noise_like,
+};
+use crate::rng::NoiseSource;
+
+pub struct Lcm {
+    alphas_cumprod: Vec<f32>,
+    final_alpha_cumprod: f32,
+    prediction: Prediction,
+    thresholding: Option<Thresholding>,
+    clip: Option<f32>,
+    timestep_scaling: f32,
+    timesteps: Vec<f64>,
+}
+
+impl Lcm {
+    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
+        let train = TrainSchedule::from_config(config, ZeroSnr::Accepted, BETAS_LCM)?;
+        let n = train.num_train_timesteps;
+        let original = config.usize("original_inference_steps", 50)?;
+        if original == 0 || original > n {
+            return Err(config_err(
+                "original_inference_steps",
+                format!("{original} is not within 1..={n}"),
+            ));
+        }
+        if steps > original {
+            return Err(SchedulerError::Unsupported(format!(
+                "lcm takes at most original_inference_steps = {original} steps (asked for {steps})"
+            )));
+        }
+        let k = n / original;
+        // lcm_origin_timesteps = [1..=original] * k - 1, reversed; pick `steps` of them evenly.
+        let origin: Vec<i64> = (1..=original as i64)
+            .rev()
+            .map(|i| i * k as i64 - 1)
+            .collect();
+        let timesteps = np_linspace(0.0, origin.len() as f64, steps + 1)
+            .iter()
+            .take(steps)
+            .map(|&x| origin[(x.floor() as usize).min(origin.len() - 1)] as f64)
+            .collect();
+        let thresholding = Thresholding::from_config(config)?;
+        let clip = if thresholding.is_none() && config.bool("clip_sample", false)? {
+            Some(config.f64("clip_sample_range", 1.0)? as f32)
+        } else {
+            None
+        };
+        Ok(Lcm {
+            final_alpha_cumprod: if config.bool("set_alpha_to_one", true)? {
+                1.0
+            } else {
+                train.alphas_cumprod[0]
+            },
+            alphas_cumprod: train.alphas_cumprod,
+            prediction: config.prediction()?,
+            thresholding,
+            clip,
+            timestep_scaling: config.f64("timestep_scaling", 10.0)? as f32,
+            timesteps,
+        })
+    }
+}
+
+impl Scheduler for Lcm {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    fn step(
+        &mut self,
+        model_output: &Latents,
+        index: usize,
+        sample: &Latents,
+        noise: &mut dyn NoiseSource,
+    ) -> Latents {
+        let t = self.timesteps[index] as i64;
+        let prev = self.timesteps.get(index + 1).map_or(t, |&p| p as i64);
+        let a_t = self.alphas_cumprod[t as usize];
+        let a_prev = if prev >= 0 {
+            self.alphas_cumprod[prev as usize]
+        } else {
+            self.final_alpha_cumprod
+        };
+        let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
+        let scaled = t as f32 * self.timestep_scaling;
+        let c_skip = 0.25 / (scaled * scaled + 0.25);
+        let c_out = scaled / (scaled * scaled + 0.25).sqrt();
+        let mut x0 = sample.clone();
+        match self.prediction {
+            Prediction::Epsilon => x0.zip_mut_with(model_output, |s, &m| {
+                *s = (*s - b_t.sqrt() * m) / a_t.sqrt()
+            }),
+            Prediction::Sample => x0.assign(model_output),
+            Prediction::VPrediction => {
+                x0.zip_mut_with(model_output, |s, &m| *s = a_t.sqrt() * *s - b_t.sqrt() * m)
+            }
+        }
+        if let Some(th) = &self.thresholding {
+            th.apply(&mut x0);
+        } else if let Some(r) = self.clip {
+            x0.mapv_inplace(|v| v.clamp(-r, r));
+        }
+        let mut denoised = x0;
+        denoised.zip_mut_with(sample, |x, &s| *x = c_out * *x + c_skip * s);
+        if index + 1 != self.timesteps.len() {
+            let eps = noise_like(model_output, noise);
+            let (sa, sb) = (a_prev.sqrt(), b_prev.sqrt());
+            denoised.zip_mut_with(&eps, |d, &e| *d = sa * *d + sb * e);
+        }
+        denoised
+    }
+}
