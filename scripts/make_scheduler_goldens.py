@@ -47,6 +47,9 @@ CLASSES = {
 # Constructor arguments the CLI name implies (what `sd-onnx --scheduler NAME` passes to from_config).
 NAME_KWARGS = {"dpm++2m-sde": {"algorithm_type": "sde-dpmsolver++"}}
 KARRAS = {"euler", "dpm++2m", "dpm++2m-sde", "lms", "heun", "kdpm2", "kdpm2-a", "unipc", "deis"}
+EXP_BETA = {"euler", "lms", "heun", "kdpm2", "kdpm2-a", "dpm++2m", "dpm++2m-sde", "unipc", "deis"}
+FINAL_SIGMA_MIN = {"euler", "dpm++2m", "dpm++2m-sde", "unipc"}
+TRAINED_BETAS = {"ddim", "euler", "dpm++2m", "kdpm2"}
 ZERO_SNR = {"ddim", "ddpm", "euler", "euler-a", "dpm++2m", "dpm++2m-sde", "unipc", "lcm"}
 THRESHOLDING = {"ddim", "ddpm", "dpm++2m", "unipc", "deis", "lcm"}
 SHAPE = (1, 4, 2, 3)  # 24 values: exercises torch.randn's tail recomputation (24 % 16 != 0)
@@ -98,6 +101,14 @@ def main():
         if name in KARRAS:
             for steps in (7, 25):
                 cases.append(run(name, {"use_karras_sigmas": True}, steps, seed=6))
+        if name in EXP_BETA:
+            cases.append(run(name, {"use_exponential_sigmas": True}, 9, seed=15))
+            cases.append(run(name, {"use_beta_sigmas": True}, 9, seed=16))
+        if name in FINAL_SIGMA_MIN:
+            cases.append(run(name, {"final_sigmas_type": "sigma_min"}, 9, seed=17))
+        if name in TRAINED_BETAS:
+            betas = (np.linspace(0.0001**0.5, 0.015**0.5, 1000) ** 2).round(8).tolist()
+            cases.append(run(name, {"trained_betas": betas}, 6, seed=18))
         if name in ZERO_SNR:
             cases.append(run(name, {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
                                     "prediction_type": "v_prediction"}, 10, seed=8))

@@ -35,6 +35,32 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// List the schedulers and their diffusers classes.
     Schedulers,
+    /// Time session creation, text encoding, UNet and scheduler per step, VAE decode, end to end, peak RSS.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Timed runs after one warm-up run.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f32,
+    /// Scheduler for the timed runs (default: the folder's).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -114,6 +140,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Txt2img(a) => txt2img(a),
         Command::Inspect(a) => inspect(a),
         Command::Tokenize(a) => tokenize(a),
+        Command::Bench(a) => bench(a),
         Command::Schedulers => {
             for (kind, name, about) in SchedulerKind::all() {
                 println!("{name:<9} {:<34} {about}", kind.class_name());
@@ -419,6 +446,149 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
         if let Some(cut) = enc.truncated {
             eprintln!("warning: longer than 77 tokens; cut: \"{cut}\"");
         }
+    }
+    Ok(())
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    use crate::bench::{median, peak_rss_bytes, quantile, scheduler_steps};
+    use std::time::Instant;
+    if a.runs == 0 {
+        return Err(Error::Usage("--runs must be at least 1".into()));
+    }
+    let start = Instant::now();
+    let profile = ModelProfile::load(&a.model)?;
+    let scheduler = match a.scheduler.as_deref() {
+        Some(n) => SchedulerKind::from_name(n)?,
+        None => profile.default_scheduler.unwrap_or(SchedulerKind::Pndm),
+    };
+    let (dw, dh) = profile.default_size();
+    let req = Txt2Img {
+        prompt: "a photograph of an astronaut riding a horse".into(),
+        negative_prompt: None,
+        steps: a.steps,
+        guidance: a.guidance,
+        scheduler,
+        karras: false,
+        seed: 0,
+        rng: RngKind::Torch,
+        width: a.width.unwrap_or(dw),
+        height: a.height.unwrap_or(dh),
+        batch: 1,
+    };
+    req.check(&profile)?;
+    let config = profile.scheduler_config.clone();
+    let runtime = Runtime::load(a.runtime.ort_lib.as_deref())?;
+    let t_load = Instant::now();
+    let mut pipeline = Pipeline::load(&runtime, profile)?;
+    let session_creation = t_load.elapsed();
+    let first_image = start.elapsed();
+    // One warm-up run, then the timed ones.
+    pipeline.txt2img(&req, &mut |_| {})?;
+    let (mut unet, mut sched, mut guide, mut text, mut decode, mut total) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for _ in 0..a.runs {
+        let t = Instant::now();
+        let g = pipeline.txt2img(&req, &mut |_| {})?;
+        total.push(t.elapsed());
+        unet.extend(g.timings.unet);
+        sched.extend(g.timings.scheduler);
+        guide.extend(g.timings.guidance);
+        text.push(g.timings.text);
+        decode.push(g.timings.decode);
+    }
+    let unet_med = median(&unet);
+    let factor = pipeline.profile.vae_factor.value;
+    let run_shape = [1, 4, req.height / factor, req.width / factor];
+    let big = [1, 4, 128, 128];
+    let micro_run = scheduler_steps(&config, run_shape, a.steps);
+    let micro_big = scheduler_steps(&config, big, a.steps);
+    let share =
+        |d: std::time::Duration| 100.0 * d.as_secs_f64() / unet_med.as_secs_f64().max(1e-12);
+    let rss = peak_rss_bytes();
+    let report = serde_json::json!({
+        "model": a.model, "scheduler": scheduler.name(), "steps": a.steps, "size": [req.width, req.height],
+        "runs": a.runs, "ort_version": runtime.version, "threads": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "session_creation_ms": ms(session_creation),
+        "first_load_ms": ms(first_image),
+        "text_encoding_ms": ms(median(&text)),
+        "unet_step_ms": {"median": ms(unet_med), "p90": ms(quantile(&unet, 0.9))},
+        "scheduler_step_ms": {"median": ms(median(&sched)), "p90": ms(quantile(&sched, 0.9)), "share_of_unet_pct": share(median(&sched))},
+        "guidance_host_ms": {"median": ms(median(&guide))},
+        "vae_decode_ms": ms(median(&decode)),
+        "end_to_end_ms": {"median": ms(median(&total)), "min": ms(*total.iter().min().unwrap_or(&std::time::Duration::ZERO))},
+        "peak_rss_mib": rss.map(|b| b as f64 / 1048576.0),
+        "scheduler_micro": {
+            "shape_run": run_shape, "shape_large": big,
+            "per_scheduler_ms": micro_run.iter().zip(&micro_big).map(|((k, d), (_, d2))| serde_json::json!({"scheduler": k.name(), "run_shape": ms(*d), "1x4x128x128": ms(*d2)})).collect::<Vec<_>>(),
+        },
+    });
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    println!(
+        "model {} | {} {} steps | {}x{} | {} runs | ONNX Runtime {}",
+        a.model.display(),
+        scheduler.name(),
+        a.steps,
+        req.width,
+        req.height,
+        a.runs,
+        runtime.version
+    );
+    println!("session creation      {:>10.1} ms", ms(session_creation));
+    println!("text encoding         {:>10.2} ms", ms(median(&text)));
+    println!(
+        "UNet per step         {:>10.2} ms median, {:.2} p90",
+        ms(unet_med),
+        ms(quantile(&unet, 0.9))
+    );
+    println!(
+        "scheduler per step    {:>10.3} ms median ({:.3}% of a UNet step)",
+        ms(median(&sched)),
+        share(median(&sched))
+    );
+    println!(
+        "guidance/host per step{:>10.3} ms median",
+        ms(median(&guide))
+    );
+    println!("VAE decode            {:>10.2} ms", ms(median(&decode)));
+    println!(
+        "end to end (loaded)   {:>10.1} ms median",
+        ms(median(&total))
+    );
+    if let Some(b) = rss {
+        println!("peak RSS              {:>10.1} MiB", b as f64 / 1048576.0);
+    }
+    println!(
+        "scheduler step (scale_model_input + step), median over a {}-step schedule:",
+        a.steps
+    );
+    println!(
+        "  {:<12} {:>12} {:>14}",
+        "scheduler",
+        format!(
+            "{}x{}x{}x{}",
+            run_shape[0], run_shape[1], run_shape[2], run_shape[3]
+        ),
+        "1x4x128x128"
+    );
+    for ((k, d), (_, d2)) in micro_run.iter().zip(&micro_big) {
+        println!("  {:<12} {:>9.3} ms {:>11.3} ms", k.name(), ms(*d), ms(*d2));
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! sd-onnx: Stable Diffusion from exported ONNX graphs, with everything around the graphs in Rust.
 //! See ARCHITECTURE.md for the map.
 
+pub mod bench;
 pub mod cli;
 pub mod error;
 pub mod graphs;

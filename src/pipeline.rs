@@ -13,6 +13,7 @@ use crate::runtime::Runtime;
 use crate::schedulers::{Latents, Scheduler, SchedulerKind};
 use crate::tokenizer::ClipTokenizer;
 use ndarray::{Array3, Axis, concatenate, s};
+use std::time::{Duration, Instant};
 
 /// One txt2img request, with every default already resolved.
 #[derive(Clone, Debug)]
@@ -66,6 +67,22 @@ pub struct Generated {
     /// The final latents, before the VAE (for parity checks).
     pub latents: Latents,
     pub warnings: Vec<String>,
+    pub timings: Timings,
+}
+
+/// Where a run's time went (measured with `Instant`; for `bench` and the PERFORMANCE figures).
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    /// Tokenizing and running the text encoder (cond + uncond).
+    pub text: Duration,
+    /// Each UNet `Session::run`, input conversion included.
+    pub unet: Vec<Duration>,
+    /// Each step's `scale_model_input` + `step`.
+    pub scheduler: Vec<Duration>,
+    /// Each step's other host work: CFG batch concat and guidance arithmetic.
+    pub guidance: Vec<Duration>,
+    /// VAE decode of all images, RGB conversion included.
+    pub decode: Duration,
 }
 
 /// What the pipeline reports while it runs.
@@ -127,6 +144,8 @@ impl Pipeline {
         let mut scheduler = req.check(&self.profile)?;
         let factor = self.profile.vae_factor.value;
         let mut warnings = Vec::new();
+        let mut timings = Timings::default();
+        let started = Instant::now();
 
         // 1. Embeddings: [uncond x B, cond x B] when guiding, as diffusers concatenates them.
         let cond = self.embed(&req.prompt, &mut warnings)?;
@@ -142,6 +161,7 @@ impl Pipeline {
         } else {
             repeat(&cond)?
         };
+        timings.text = started.elapsed();
 
         // 2. Initial latents from the run's generator.
         let shape = (
@@ -161,14 +181,18 @@ impl Pipeline {
         let timesteps = scheduler.timesteps().to_vec();
         let g = req.guidance;
         for (i, &t) in timesteps.iter().enumerate() {
+            let t0 = Instant::now();
             let input = if guided {
                 concatenate(Axis(0), &[latents.view(), latents.view()])
                     .map_err(|e| Error::Usage(e.to_string()))?
             } else {
                 latents.clone()
             };
+            let t1 = Instant::now();
             let input = scheduler.scale_model_input(input, i);
+            let t2 = Instant::now();
             let out = self.unet.run(&input, t, &context)?;
+            let t3 = Instant::now();
             let noise_pred = if guided {
                 let b = req.batch;
                 let uncond = out.slice(s![..b, .., .., ..]);
@@ -179,7 +203,12 @@ impl Pipeline {
             } else {
                 out
             };
+            let t4 = Instant::now();
             latents = scheduler.step(&noise_pred, i, &latents, noise.as_mut());
+            let t5 = Instant::now();
+            timings.unet.push(t3 - t2);
+            timings.scheduler.push((t2 - t1) + (t5 - t4));
+            timings.guidance.push((t1 - t0) + (t4 - t3));
             progress(Progress::Step {
                 done: i + 1,
                 total: timesteps.len(),
@@ -188,6 +217,7 @@ impl Pipeline {
 
         // 4. Decode one image at a time.
         progress(Progress::Decoding);
+        let decode_start = Instant::now();
         let scale = self.profile.vae_scaling_factor.value;
         let mut images = Vec::with_capacity(req.batch);
         for b in 0..req.batch {
@@ -196,10 +226,12 @@ impl Pipeline {
             let decoded = self.vae_decoder.decode(&one)?;
             images.push(to_rgb(&decoded));
         }
+        timings.decode = decode_start.elapsed();
         Ok(Generated {
             images,
             latents,
             warnings,
+            timings,
         })
     }
 }

@@ -408,3 +408,31 @@ fn library_next_to_the_executable_and_help_everywhere() {
         );
     }
 }
+
+/// `bench` reports every figure the issue lists, including the scheduler micro-benchmark on 1x4x128x128.
+#[test]
+fn bench_reports_all_figures() {
+    let o = run(&[
+        "bench", "--model", MODEL, "--steps", "3", "--runs", "1", "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in [
+        "session_creation_ms",
+        "text_encoding_ms",
+        "vae_decode_ms",
+        "peak_rss_mib",
+    ] {
+        assert!(v[key].as_f64().is_some(), "{key}: {v}");
+    }
+    assert!(v["unet_step_ms"]["p90"].as_f64().is_some());
+    assert!(
+        v["scheduler_step_ms"]["share_of_unet_pct"]
+            .as_f64()
+            .is_some()
+    );
+    assert!(v["end_to_end_ms"]["median"].as_f64().is_some());
+    let micro = v["scheduler_micro"]["per_scheduler_ms"].as_array().unwrap();
+    assert_eq!(micro.len(), 14);
+    assert!(micro.iter().all(|m| m["1x4x128x128"].as_f64().is_some()));
+}

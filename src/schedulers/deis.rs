@@ -25,14 +25,7 @@ impl Deis {
                 "only the second-order DEIS is ported",
             ));
         }
-        reject_sigma_variants(
-            config,
-            &[
-                "use_exponential_sigmas",
-                "use_beta_sigmas",
-                "use_flow_sigmas",
-            ],
-        )?;
+        reject_sigma_variants(config, &["use_flow_sigmas"])?;
         Ok(Deis {
             schedule: MultistepSchedule::new(
                 config,

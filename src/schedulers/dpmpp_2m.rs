@@ -48,15 +48,7 @@ impl DpmPp2m {
                 "the 2M solvers are second order; only 2 is ported",
             ));
         }
-        reject_sigma_variants(
-            config,
-            &[
-                "use_exponential_sigmas",
-                "use_beta_sigmas",
-                "use_lu_lambdas",
-                "use_flow_sigmas",
-            ],
-        )?;
+        reject_sigma_variants(config, &["use_lu_lambdas", "use_flow_sigmas"])?;
         if config
             .raw()
             .get("variance_type")

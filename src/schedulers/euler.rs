@@ -2,7 +2,7 @@
 //! Port of diffusers `schedulers/scheduling_euler_discrete.py` (`EulerDiscreteScheduler`).
 
 use super::schedule::BETAS_DDPM;
-use super::schedule::{SigmaSchedule, SigmaSpacing, TrainSchedule, ZeroSnr, reject_sigma_variants};
+use super::schedule::{SigmaSchedule, SigmaSpacing, TrainSchedule, ZeroSnr};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err};
 use crate::rng::NoiseSource;
 
@@ -14,7 +14,6 @@ pub struct Euler {
 impl Euler {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
         let train = TrainSchedule::from_config(config, ZeroSnr::ClampLast, BETAS_DDPM)?;
-        reject_sigma_variants(config, &["use_exponential_sigmas", "use_beta_sigmas"])?;
         if config.str("interpolation_type", "linear")? != "linear" {
             return Err(config_err("interpolation_type", "only `linear` is ported"));
         }
@@ -31,13 +30,9 @@ impl Euler {
                 ));
             }
         };
-        let spacing = if config.bool("use_karras_sigmas", false)? {
-            SigmaSpacing::KarrasConfigBounds
-        } else {
-            SigmaSpacing::Interpolated
-        };
+        let spacing = SigmaSpacing::from_config(config)?;
         Ok(Euler {
-            schedule: SigmaSchedule::new(config, &train, steps, spacing, final_sigma_min)?,
+            schedule: SigmaSchedule::new(config, &train, steps, spacing, true, final_sigma_min)?,
             prediction: config.prediction()?,
         })
     }

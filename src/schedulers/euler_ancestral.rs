@@ -31,7 +31,14 @@ impl EulerAncestral {
             ));
         }
         Ok(EulerAncestral {
-            schedule: SigmaSchedule::new(config, &train, steps, SigmaSpacing::Interpolated, false)?,
+            schedule: SigmaSchedule::new(
+                config,
+                &train,
+                steps,
+                SigmaSpacing::Interpolated,
+                false,
+                false,
+            )?,
             prediction: config.prediction()?,
         })
     }

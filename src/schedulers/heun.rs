@@ -2,9 +2,7 @@
 //! holds each inner timestep twice. Port of diffusers `schedulers/scheduling_heun_discrete.py`
 //! (`HeunDiscreteScheduler.set_timesteps`, `scale_model_input`, `step`).
 
-use super::schedule::{
-    BETAS_K, SigmaSchedule, SigmaSpacing, TrainSchedule, ZeroSnr, reject_sigma_variants,
-};
+use super::schedule::{BETAS_K, SigmaSchedule, SigmaSpacing, TrainSchedule, ZeroSnr};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError};
 use crate::rng::NoiseSource;
 
@@ -32,13 +30,8 @@ pub(crate) fn interleave<T: Copy>(v: &[T]) -> Vec<T> {
 impl Heun {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
         let train = TrainSchedule::from_config(config, ZeroSnr::NotAccepted, BETAS_K)?;
-        reject_sigma_variants(config, &["use_exponential_sigmas", "use_beta_sigmas"])?;
-        let spacing = if config.bool("use_karras_sigmas", false)? {
-            SigmaSpacing::Karras
-        } else {
-            SigmaSpacing::Interpolated
-        };
-        let s = SigmaSchedule::new(config, &train, steps, spacing, false)?;
+        let spacing = SigmaSpacing::from_config(config)?;
+        let s = SigmaSchedule::new(config, &train, steps, spacing, false, false)?;
         // sigmas: [s0] + interleave(s1..s_{n-1}) + [0]
         let mut sigmas = interleave(&s.sigmas[..s.sigmas.len() - 1]);
         sigmas.push(0.0);

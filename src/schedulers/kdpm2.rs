@@ -5,7 +5,7 @@
 use super::heun::interleave;
 use super::schedule::{
     BETAS_K, SigmaSchedule, SigmaSpacing, TrainSchedule, ZeroSnr, log_sigmas, np_round,
-    reject_sigma_variants, sigma_to_t_f32,
+    sigma_to_t_f32,
 };
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError};
 use crate::rng::NoiseSource;
@@ -22,16 +22,10 @@ pub(crate) struct KSchedule {
 impl KSchedule {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
         let train = TrainSchedule::from_config(config, ZeroSnr::NotAccepted, BETAS_K)?;
-        reject_sigma_variants(config, &["use_exponential_sigmas", "use_beta_sigmas"])?;
-        let karras = config.bool("use_karras_sigmas", false)?;
-        let spacing = if karras {
-            SigmaSpacing::Karras
-        } else {
-            SigmaSpacing::Interpolated
-        };
-        let s = SigmaSchedule::new(config, &train, steps, spacing, false)?;
+        let spacing = SigmaSpacing::from_config(config)?;
+        let s = SigmaSchedule::new(config, &train, steps, spacing, false, false)?;
         // KDPM2 rounds its Karras timesteps.
-        let timesteps = if karras {
+        let timesteps = if spacing == SigmaSpacing::Karras {
             s.timesteps.iter().map(|&t| np_round(t)).collect()
         } else {
             s.timesteps

@@ -4,7 +4,7 @@
 //! so three-point Gauss-Legendre quadrature gives the same value exactly.
 
 use super::schedule::BETAS_DDPM;
-use super::schedule::{SigmaSchedule, SigmaSpacing, TrainSchedule, ZeroSnr, reject_sigma_variants};
+use super::schedule::{SigmaSchedule, SigmaSpacing, TrainSchedule, ZeroSnr};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError};
 use crate::rng::NoiseSource;
 
@@ -19,14 +19,9 @@ pub struct Lms {
 impl Lms {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
         let train = TrainSchedule::from_config(config, ZeroSnr::NotAccepted, BETAS_DDPM)?;
-        reject_sigma_variants(config, &["use_exponential_sigmas", "use_beta_sigmas"])?;
-        let spacing = if config.bool("use_karras_sigmas", false)? {
-            SigmaSpacing::Karras
-        } else {
-            SigmaSpacing::Interpolated
-        };
+        let spacing = SigmaSpacing::from_config(config)?;
         Ok(Lms {
-            schedule: SigmaSchedule::new(config, &train, steps, spacing, false)?,
+            schedule: SigmaSchedule::new(config, &train, steps, spacing, false, false)?,
             prediction: config.prediction()?,
             derivatives: Vec::new(),
         })

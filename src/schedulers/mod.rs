@@ -291,3 +291,79 @@ pub(crate) fn noise_like(like: &Latents, noise: &mut dyn NoiseSource) -> Latents
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(v: serde_json::Value) -> SchedulerConfig {
+        SchedulerConfig::from_json(v).unwrap()
+    }
+
+    #[test]
+    fn values_we_cannot_honour_name_their_key_and_unknown_keys_are_ignored() {
+        let cases = [
+            (
+                "euler",
+                serde_json::json!({"beta_schedule": "laplace"}),
+                "beta_schedule",
+            ),
+            (
+                "pndm",
+                serde_json::json!({"skip_prk_steps": false}),
+                "skip_prk_steps",
+            ),
+            (
+                "dpm++2m",
+                serde_json::json!({"use_karras_sigmas": true, "use_beta_sigmas": true}),
+                "use_karras_sigmas",
+            ),
+            (
+                "ddim",
+                serde_json::json!({"timestep_spacing": "cosine"}),
+                "timestep_spacing",
+            ),
+            (
+                "euler",
+                serde_json::json!({"prediction_type": "flow"}),
+                "prediction_type",
+            ),
+            (
+                "unipc",
+                serde_json::json!({"solver_order": 3}),
+                "solver_order",
+            ),
+            (
+                "euler",
+                serde_json::json!({"trained_betas": [0.1, 0.2]}),
+                "trained_betas",
+            ),
+        ];
+        for (name, c, key) in cases {
+            let err = SchedulerKind::from_name(name)
+                .unwrap()
+                .build(&cfg(c), 10)
+                .err()
+                .expect(name);
+            assert!(err.to_string().contains(key), "{name}: {err}");
+        }
+        let ok =
+            cfg(serde_json::json!({"some_future_key": 3, "_class_name": "EulerDiscreteScheduler"}));
+        assert!(SchedulerKind::Euler.build(&ok, 10).is_ok());
+        assert!(matches!(
+            SchedulerKind::Euler.build(&ok, 0),
+            Err(SchedulerError::ZeroSteps)
+        ));
+    }
+
+    #[test]
+    fn folder_config_picks_the_sde_variant() {
+        let c = cfg(
+            serde_json::json!({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++"}),
+        );
+        assert_eq!(
+            SchedulerKind::from_config(&c),
+            Some(SchedulerKind::DpmPp2mSde)
+        );
+    }
+}

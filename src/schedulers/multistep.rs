@@ -3,7 +3,7 @@
 //! sigmas interpolated or Karras, a final sigma, and the (alpha_t, sigma_t, lambda) parametrisation.
 
 use super::schedule::{
-    TrainSchedule, interp_index, karras_sigmas, log_sigmas, np_arange, np_linspace, np_round,
+    SigmaSpacing, TrainSchedule, interp_index, log_sigmas, np_arange, np_linspace, np_round,
     sigma_to_t, spacing_err,
 };
 use super::{Latents, Prediction, SchedulerConfig, SchedulerError, config_err};
@@ -85,15 +85,19 @@ impl MultistepSchedule {
         let sigma_min = ((1.0 - train.alphas_cumprod[0]) / train.alphas_cumprod[0]).sqrt() as f64;
         let mut sigmas: Vec<f64>;
         let final_kind;
-        if config.bool("use_karras_sigmas", false)? {
+        let spacing = SigmaSpacing::from_config(config)?;
+        if spacing != SigmaSpacing::Interpolated {
             let logs = log_sigmas(&all);
-            sigmas = karras_sigmas(all[0] as f64, all[n - 1] as f64, steps);
+            sigmas = spacing.convert(all[0] as f64, all[n - 1] as f64, steps);
             let cosine = config.str("beta_schedule", "linear")? == "squaredcos_cap_v2";
+            // Karras timesteps are rounded (DPM-Solver: not for the cosine schedule); exponential and beta
+            // ones are truncated by the int64 cast.
+            let round = spacing == SigmaSpacing::Karras && !(cosine && dpm_solver);
             ts = sigmas
                 .iter()
                 .map(|&s| {
                     let t = sigma_to_t(s, &logs);
-                    (if cosine && dpm_solver { t } else { np_round(t) }) as i64
+                    (if round { np_round(t) } else { t }) as i64
                 })
                 .collect();
             final_kind = karras_last;

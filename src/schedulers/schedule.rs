@@ -399,14 +399,146 @@ pub struct SigmaSchedule {
     pub init_noise_sigma: f32,
 }
 
-/// Which sigma spacing the class was asked for.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// How the sigmas between sigma_max and sigma_min are spaced (`use_karras_sigmas`, `use_exponential_sigmas`,
+/// `use_beta_sigmas`; at most one may be set, as diffusers requires).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SigmaSpacing {
+    /// Interpolated at the spaced timesteps.
     Interpolated,
-    /// Karras sigmas between the interpolated ends (LMS).
+    /// Karras et al. (2022), rho = 7.
     Karras,
-    /// Karras sigmas whose ends the config's `sigma_min` / `sigma_max` may override (Euler).
-    KarrasConfigBounds,
+    /// Log-linear.
+    Exponential,
+    /// Beta(0.6, 0.6) quantiles ("Beta Sampling is All You Need").
+    Beta,
+}
+
+impl SigmaSpacing {
+    pub fn from_config(config: &SchedulerConfig) -> Result<Self, SchedulerError> {
+        let set: Vec<(&str, SigmaSpacing)> = [
+            ("use_karras_sigmas", SigmaSpacing::Karras),
+            ("use_exponential_sigmas", SigmaSpacing::Exponential),
+            ("use_beta_sigmas", SigmaSpacing::Beta),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| match config.bool(k, false) {
+            Ok(true) => Some(Ok((k, v))),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()?;
+        match set.as_slice() {
+            [] => Ok(SigmaSpacing::Interpolated),
+            [(_, v)] => Ok(*v),
+            [(k, _), ..] => Err(config_err(
+                k,
+                "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be set",
+            )),
+        }
+    }
+
+    /// `_convert_to_karras` / `_convert_to_exponential` / `_convert_to_beta`: `steps` sigmas from max to min.
+    pub fn convert(self, sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
+        match self {
+            SigmaSpacing::Interpolated | SigmaSpacing::Karras => {
+                karras_sigmas(sigma_min, sigma_max, steps)
+            }
+            SigmaSpacing::Exponential => np_linspace(sigma_max.ln(), sigma_min.ln(), steps)
+                .iter()
+                .map(|v| v.exp())
+                .collect(),
+            SigmaSpacing::Beta => np_linspace(0.0, 1.0, steps)
+                .iter()
+                .map(|t| sigma_min + beta_ppf(1.0 - t, 0.6, 0.6) * (sigma_max - sigma_min))
+                .collect(),
+        }
+    }
+}
+
+/// ln Gamma(x) for x > 0 (Lanczos, g = 7, n = 9; ~1e-15 relative).
+fn ln_gamma(x: f64) -> f64 {
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let t = x + 7.5;
+    let mut a = C[0];
+    for (i, c) in C.iter().enumerate().skip(1) {
+        a += c / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// The regularized incomplete beta function I_x(a, b) (continued fraction, Lentz's method).
+fn beta_inc(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    if x > (a + 1.0) / (a + b + 2.0) {
+        return 1.0 - beta_inc(1.0 - x, b, a);
+    }
+    let front =
+        (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp() / a;
+    let tiny = 1e-300;
+    let (mut f, mut c, mut d) = (1.0, 1.0, 0.0);
+    for i in 0..400 {
+        let m = (i / 2) as f64;
+        let num = if i == 0 {
+            1.0
+        } else if i % 2 == 0 {
+            m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m))
+        } else {
+            -((a + m) * (a + b + m) * x) / ((a + 2.0 * m) * (a + 2.0 * m + 1.0))
+        };
+        d = 1.0 + num * d;
+        d = if d.abs() < tiny { tiny } else { d };
+        d = 1.0 / d;
+        c = 1.0 + num / c;
+        c = if c.abs() < tiny { tiny } else { c };
+        let cd = c * d;
+        f *= cd;
+        if (1.0 - cd).abs() < 1e-16 {
+            break;
+        }
+    }
+    front * (f - 1.0)
+}
+
+/// `scipy.stats.beta.ppf(q, a, b)`: I_x(a, b) = q solved by bisection to double precision.
+fn beta_ppf(q: f64, a: f64, b: f64) -> f64 {
+    if q <= 0.0 {
+        return 0.0;
+    }
+    if q >= 1.0 {
+        return 1.0;
+    }
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if beta_inc(mid, a, b) < q {
+            lo = mid
+        } else {
+            hi = mid
+        }
+    }
+    0.5 * (lo + hi)
 }
 
 impl SigmaSchedule {
@@ -417,6 +549,7 @@ impl SigmaSchedule {
         train: &TrainSchedule,
         steps: usize,
         spacing: SigmaSpacing,
+        config_bounds: bool,
         final_sigma_min: bool,
     ) -> Result<Self, SchedulerError> {
         let n = train.num_train_timesteps;
@@ -430,13 +563,14 @@ impl SigmaSchedule {
         let all = train.sigmas();
         let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp_index(t, &all)).collect();
         if spacing != SigmaSpacing::Interpolated {
+            // Only classes with sigma_min / sigma_max constructor arguments (Euler) read them from the config.
             let logs = log_sigmas(&all);
             let (mut smin, mut smax) = (sigmas[sigmas.len() - 1], sigmas[0]);
-            if spacing == SigmaSpacing::KarrasConfigBounds {
+            if config_bounds {
                 smin = config.opt_f64("sigma_min")?.unwrap_or(smin);
                 smax = config.opt_f64("sigma_max")?.unwrap_or(smax);
             }
-            sigmas = karras_sigmas(smin, smax, steps);
+            sigmas = spacing.convert(smin, smax, steps);
             timesteps = sigmas
                 .iter()
                 .map(|&s| sigma_to_t(s, &logs) as f32 as f64)

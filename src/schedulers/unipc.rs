@@ -44,14 +44,7 @@ impl UniPc {
                 "an external predictor is not ported",
             ));
         }
-        reject_sigma_variants(
-            config,
-            &[
-                "use_exponential_sigmas",
-                "use_beta_sigmas",
-                "use_flow_sigmas",
-            ],
-        )?;
+        reject_sigma_variants(config, &["use_flow_sigmas"])?;
         let bh2 = match config.str("solver_type", "bh2")? {
             "bh2" => true,
             "bh1" => false,
