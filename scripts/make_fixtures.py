@@ -86,7 +86,7 @@ def write_clip_vocab(out: Path):
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
 
 
-def build_pipeline(work: Path):
+def build_pipeline(work: Path, in_channels: int = 4, text_width: int = 16, name: str = "pt"):
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -95,11 +95,11 @@ def build_pipeline(work: Path):
         block_out_channels=(16, 32),
         layers_per_block=1,
         sample_size=8,  # 8 latent pixels * VAE factor 8 = 64x64 default image
-        in_channels=4,
+        in_channels=in_channels,  # 9 for inpainting: latents + mask + masked-image latents
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16,
+        cross_attention_dim=text_width,
         attention_head_dim=2,
         norm_num_groups=8,
     )
@@ -118,8 +118,8 @@ def build_pipeline(work: Path):
         bos_token_id=49406,
         eos_token_id=49407,
         pad_token_id=49407,
-        hidden_size=16,
-        intermediate_size=32,
+        hidden_size=text_width,
+        intermediate_size=2 * text_width,
         num_attention_heads=2,
         num_hidden_layers=2,
         vocab_size=49408,
@@ -137,7 +137,7 @@ def build_pipeline(work: Path):
         # A random UNet predicts almost nothing (output std ~0.05), so every scheduler would return nearly
         # the initial noise and a parity test could not tell one sampler from another. Scale its last conv so
         # the prediction has unit-ish variance, like a trained epsilon model.
-        probe = unet(torch.randn(2, 4, 8, 8), torch.tensor(500.0), torch.randn(2, 77, 16)).sample.std()
+        probe = unet(torch.randn(2, in_channels, 8, 8), torch.tensor(500.0), torch.randn(2, 77, text_width)).sample.std()
         unet.conv_out.weight.mul_(1.0 / probe)
         unet.conv_out.bias.mul_(1.0 / probe)
     tok_dir = work / "clip_vocab"
@@ -155,7 +155,12 @@ def build_pipeline(work: Path):
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    pt_dir = work / "pt"
+    if in_channels == 9:
+        from diffusers import StableDiffusionInpaintPipeline
+
+        pipe = StableDiffusionInpaintPipeline(**pipe.components, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+    pt_dir = work / name
     pipe.save_pretrained(pt_dir)
     return pipe, pt_dir
 
@@ -177,7 +182,7 @@ def onnx_export(model, args, path: Path, input_names, output_names, dynamic_axes
 
 def export_convert_layout(pipe, out: Path):
     """Mirror diffusers/scripts/convert_stable_diffusion_checkpoint_to_onnx.py (same names, dtypes, axes)."""
-    from diffusers import OnnxRuntimeModel, OnnxStableDiffusionPipeline
+    from diffusers import OnnxRuntimeModel, OnnxStableDiffusionInpaintPipeline, OnnxStableDiffusionPipeline
 
     num_tokens = pipe.text_encoder.config.max_position_embeddings
     hidden = pipe.text_encoder.config.hidden_size
@@ -223,7 +228,8 @@ def export_convert_layout(pipe, out: Path):
     onnx_export(dec, (torch.randn(1, 4, ss, ss), False), out / "vae_decoder" / "model.onnx",
                 ["latent_sample", "return_dict"], ["sample"],
                 {"latent_sample": {0: "batch", 1: "channels", 2: "height", 3: "width"}})
-    onnx_pipe = OnnxStableDiffusionPipeline(
+    cls = OnnxStableDiffusionInpaintPipeline if pipe.unet.config.in_channels == 9 else OnnxStableDiffusionPipeline
+    onnx_pipe = cls(
         vae_encoder=OnnxRuntimeModel.from_pretrained(out / "vae_encoder", provider_options=None),
         vae_decoder=OnnxRuntimeModel.from_pretrained(out / "vae_decoder", provider_options=None),
         text_encoder=OnnxRuntimeModel.from_pretrained(out / "text_encoder", provider_options=None),
@@ -237,8 +243,8 @@ def export_convert_layout(pipe, out: Path):
     onnx_pipe.save_pretrained(out)
 
 
-def export_optimum_layout(pt_dir: Path, out: Path):
-    cmd = [sys.executable, "-m", "optimum.exporters.onnx", "--model", str(pt_dir), "--task", "text-to-image", str(out)]
+def export_optimum_layout(pt_dir: Path, out: Path, task: str = "text-to-image"):
+    cmd = [sys.executable, "-m", "optimum.exporters.onnx", "--model", str(pt_dir), "--task", task, str(out)]
     subprocess.run(cmd, check=True)
     # optimum records the temporary source path; keep the committed configs stable between regenerations.
     for cfg in out.rglob("*.json"):
@@ -276,8 +282,8 @@ def check_graphs(pipe, layout: Path):
     got = s.run(None, feed(s, {"input_ids": ids}))[0]
     assert np.abs(got - want).max() < 1e-4, f"{layout.name} text_encoder differs by {np.abs(got - want).max()}"
 
-    lat = torch.randn(2, 4, 8, 10)
-    emb = torch.randn(2, 77, 16)
+    lat = torch.randn(2, pipe.unet.config.in_channels, 8, 10)
+    emb = torch.randn(2, 77, pipe.unet.config.cross_attention_dim)
     with torch.no_grad():
         want = pipe.unet(lat, torch.tensor(501.0), emb).sample.numpy()
     s = sess("unet")
@@ -286,6 +292,7 @@ def check_graphs(pipe, layout: Path):
     got = s.run(None, feed(s, {"sample": lat.numpy(), "timestep": t, "encoder_hidden_states": emb.numpy()}))[0]
     assert np.abs(got - want).max() < 1e-4, f"{layout.name} unet differs by {np.abs(got - want).max()}"
 
+    lat = lat[:, :4]
     with torch.no_grad():
         want = pipe.vae.decode(lat[:1]).sample.numpy()
     s = sess("vae_decoder")
@@ -468,6 +475,91 @@ def render_references(pipe, out: Path):
                                                 "cases": manifest}, indent=1))
 
 
+def make_images(out: Path):
+    """Small deterministic inputs: a picture-like RGB image (gradient, disc, bars), a non-square one, a mask
+    (white = repaint) and a mask of another size (to exercise resizing)."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+
+    def picture(w, h):
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        r = 255 * x / (w - 1)
+        g = 255 * y / (h - 1)
+        b = 255 * (((x - w * 0.6) ** 2 + (y - h * 0.4) ** 2) < (min(w, h) * 0.25) ** 2)
+        img = np.stack([r, g, np.maximum(b, 40 * ((x // 8) % 2))], -1)
+        return Image.fromarray(img.round().astype(np.uint8))
+
+    picture(64, 64).save(out / "init-64.png")
+    picture(80, 48).save(out / "init-80x48.png")
+    m = np.zeros((64, 64), np.uint8)
+    m[16:48, 20:52] = 255
+    Image.fromarray(m).save(out / "mask-64.png")
+    m2 = np.zeros((32, 32), np.uint8)
+    m2[4:20, 8:28] = 255
+    Image.fromarray(m2).convert("RGB").save(out / "mask-32-rgb.png")
+
+
+IMG2IMG_CASES = [
+    {"name": "img2img_euler-a_0.6", "mode": "img2img", "scheduler": "euler-a", "strength": 0.6},
+    {"name": "img2img_dpm++2m_0.3", "mode": "img2img", "scheduler": "dpm++2m", "strength": 0.3, "seed": 2},
+    {"name": "img2img_ddim_0.8", "mode": "img2img", "scheduler": "ddim", "strength": 0.8, "seed": 3},
+    {"name": "img2img_heun_0.5", "mode": "img2img", "scheduler": "heun", "strength": 0.5, "seed": 4, "steps": 10},
+    {"name": "img2img_pndm_1.0", "mode": "img2img", "scheduler": "pndm", "strength": 1.0, "seed": 5},
+    {"name": "img2img_euler_batch2", "mode": "img2img", "scheduler": "euler", "strength": 0.7, "batch": 2, "seed": 6},
+    {"name": "img2img_nonsquare", "mode": "img2img", "scheduler": "dpm++2m-sde", "strength": 0.75, "seed": 7,
+     "image": "init-80x48.png"},
+    {"name": "inpaint4_euler-a_1.0", "mode": "inpaint", "scheduler": "euler-a", "strength": 1.0, "seed": 8},
+    {"name": "inpaint4_ddim_0.7", "mode": "inpaint", "scheduler": "ddim", "strength": 0.7, "seed": 9},
+    {"name": "inpaint4_dpm++2m_0.5", "mode": "inpaint", "scheduler": "dpm++2m", "strength": 0.5, "seed": 10},
+    {"name": "inpaint9_euler-a_1.0", "mode": "inpaint9", "scheduler": "euler-a", "strength": 1.0, "seed": 11},
+    {"name": "inpaint9_dpm++2m_0.75", "mode": "inpaint9", "scheduler": "dpm++2m", "strength": 0.75, "seed": 12},
+    {"name": "inpaint9_ddim_1.0", "mode": "inpaint9", "scheduler": "ddim", "strength": 1.0, "seed": 13},
+    {"name": "inpaint9_lms_0.6_batch2", "mode": "inpaint9", "scheduler": "lms", "strength": 0.6, "seed": 14, "batch": 2},
+]
+
+
+def render_image_references(pt_dir: Path, inpaint_dir: Path, images: Path, out: Path):
+    import diffusers
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    pipes = {
+        "img2img": diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(pt_dir, safety_checker=None, requires_safety_checker=False),
+        "inpaint": diffusers.StableDiffusionInpaintPipeline.from_pretrained(pt_dir, safety_checker=None, requires_safety_checker=False),
+        "inpaint9": diffusers.StableDiffusionInpaintPipeline.from_pretrained(inpaint_dir, safety_checker=None, requires_safety_checker=False),
+    }
+    manifest = []
+    for c in IMG2IMG_CASES:
+        c = {"prompt": PROMPT, "negative_prompt": None, "steps": 20, "guidance": 7.5, "seed": 1, "rng": "torch",
+             "batch": 1, "karras": False, "image": "init-64.png", "mask": "mask-64.png", **c}
+        pipe = pipes[c["mode"]]
+        pipe.set_progress_bar_config(disable=True)
+        cls_name, extra = SCHEDULERS[c["scheduler"]]
+        pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+        image = Image.open(images / c["image"]).convert("RGB")
+        c["width"], c["height"] = image.size
+        kwargs = dict(prompt=c["prompt"], image=image, strength=c["strength"], num_inference_steps=c["steps"],
+                      guidance_scale=c["guidance"], num_images_per_prompt=c["batch"])
+        if c["mode"] != "img2img":
+            kwargs.update(mask_image=Image.open(images / c["mask"]), width=c["width"], height=c["height"])
+        else:
+            c["mask"] = None
+        res = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(c["seed"]), output_type="np").images
+        lat = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(c["seed"]), output_type="latent").images
+        (out / f"{c['name']}.latents.bin").write_bytes(lat.numpy().astype("<f4").tobytes())
+        files = []
+        for i, im in enumerate(res):
+            name = f"{c['name']}-{i}.png" if c["batch"] > 1 else f"{c['name']}.png"
+            Image.fromarray((im * 255).round().astype("uint8")).save(out / name)
+            files.append(name)
+        c["files"] = files
+        c["model"] = "sd-tiny-inpaint" if c["mode"] == "inpaint9" else "sd-tiny"
+        manifest.append(c)
+        print(f"  {c['name']}")
+    (out / "cases.json").write_text(json.dumps({"diffusers": diffusers.__version__, "cases": manifest}, indent=1))
+
+
 def dir_size(p: Path):
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
@@ -496,6 +588,18 @@ def main():
         disk_pipe.set_progress_bar_config(disable=True)
         render_references(disk_pipe, refs)
 
+        print("inpainting model (9-channel UNet)")
+        inpaint_pipe, inpaint_pt = build_pipeline(work, in_channels=9, text_width=8, name="pt-inpaint")
+        with torch.no_grad():
+            export_convert_layout(inpaint_pipe, staged / "sd-tiny-inpaint-convert")
+        export_optimum_layout(inpaint_pt, staged / "sd-tiny-inpaint-optimum", task="inpainting")
+        for layout in ("sd-tiny-inpaint-convert", "sd-tiny-inpaint-optimum"):
+            check_graphs(inpaint_pipe, staged / layout)
+        images = work / "images"
+        make_images(images)
+        img_refs = work / "img2img"
+        render_image_references(pt_dir, inpaint_pt, images, img_refs)
+
         # Everything checked: now replace what the repo holds.
         ONNX_DIR.mkdir(exist_ok=True)
         for layout in staged.iterdir():
@@ -515,6 +619,9 @@ def main():
             (tj / extra).unlink(missing_ok=True)
         shutil.rmtree(FIX_DIR / "txt2img", ignore_errors=True)
         shutil.copytree(refs, FIX_DIR / "txt2img")
+        for sub, src in (("images", images), ("img2img", img_refs)):
+            shutil.rmtree(FIX_DIR / sub, ignore_errors=True)
+            shutil.copytree(src, FIX_DIR / sub)
         print(f"onnx/ holds {dir_size(ONNX_DIR) / 1e6:.1f} MB")
 
 

@@ -61,14 +61,28 @@ def fake_model(x: torch.Tensor, t) -> torch.Tensor:
     return torch.from_numpy(out.astype(np.float32))
 
 
-def run(name, overrides, steps, seed=0):
+def run(name, overrides, steps, seed=0, strength=None):
+    """strength=None: txt2img. Otherwise img2img as StableDiffusionImg2ImgPipeline does it: slice the
+    timesteps at t_start * order, set_begin_index, and add_noise(x0, noise, first timestep) to a random x0."""
     cfg = {**SD15, **overrides}
     sched = getattr(diffusers, CLASSES[name]).from_config(cfg, **NAME_KWARGS.get(name, {}))
     sched.set_timesteps(steps)
     gen = torch.Generator().manual_seed(seed)
-    sample = torch.randn(SHAPE, generator=gen) * sched.init_noise_sigma
+    timesteps = sched.timesteps
+    begin = 0
+    if strength is None:
+        sample = torch.randn(SHAPE, generator=gen) * sched.init_noise_sigma
+    else:
+        init_timestep = min(int(steps * strength), steps)
+        begin = max(steps - init_timestep, 0) * sched.order
+        timesteps = sched.timesteps[begin:]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(begin)
+        x0 = torch.randn(SHAPE, generator=gen)
+        noise = torch.randn(SHAPE, generator=gen)
+        sample = sched.add_noise(x0, noise, timesteps[:1])
     samples = []
-    for t in sched.timesteps:
+    for t in timesteps:
         inp = sched.scale_model_input(sample, t)
         out = fake_model(inp, t)
         import inspect
@@ -81,6 +95,8 @@ def run(name, overrides, steps, seed=0):
         "config": overrides,
         "steps": steps,
         "seed": seed,
+        "strength": strength,
+        "begin": begin,
         "timesteps": [float(t) for t in sched.timesteps],
         "init_noise_sigma": float(sched.init_noise_sigma),
         "samples": samples,
@@ -101,6 +117,8 @@ def main():
         if name in KARRAS:
             for steps in (7, 25):
                 cases.append(run(name, {"use_karras_sigmas": True}, steps, seed=6))
+        cases.append(run(name, {}, 10, seed=19, strength=0.6))
+        cases.append(run(name, {"timestep_spacing": "leading"}, 7, seed=20, strength=0.3))
         if name in EXP_BETA:
             cases.append(run(name, {"use_exponential_sigmas": True}, 9, seed=15))
             cases.append(run(name, {"use_beta_sigmas": True}, 9, seed=16))

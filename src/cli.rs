@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::graphs::{Graph, Port};
 use crate::output::{a1111_parameters, write_png};
-use crate::pipeline::{Pipeline, Progress, Txt2Img};
+use crate::pipeline::{Init, Pipeline, Progress, Request};
 use crate::profile::ModelProfile;
 use crate::rng::RngKind;
 use crate::runtime::Runtime;
@@ -29,6 +29,10 @@ pub struct Cli {
 pub enum Command {
     /// Generate images from a text prompt.
     Txt2img(Txt2ImgArgs),
+    /// Re-imagine an image: noise it to `--strength` of the schedule, then denoise towards the prompt.
+    Img2img(Img2ImgArgs),
+    /// Repaint the white part of `--mask` (9-channel inpainting UNets, or any UNet by latent blending).
+    Inpaint(InpaintArgs),
     /// Show what a model folder holds and what will not work.
     Inspect(InspectArgs),
     /// Print the 77 token ids the text encoder will receive.
@@ -116,6 +120,31 @@ pub struct Txt2ImgArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct Img2ImgArgs {
+    /// The starting image (PNG, JPEG or WebP); its size, rounded down to the VAE factor, unless --width/--height.
+    #[arg(long, value_name = "PATH")]
+    pub init_image: PathBuf,
+    /// Share of the schedule to run, in [0, 1]: 0 returns the image re-encoded, 1 ignores most of it.
+    #[arg(long, default_value_t = 0.8)]
+    pub strength: f64,
+    #[command(flatten)]
+    pub common: Txt2ImgArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct InpaintArgs {
+    #[arg(long, value_name = "PATH")]
+    pub init_image: PathBuf,
+    /// White = repaint, black = keep (converted to grayscale and binarised at 50%).
+    #[arg(long, value_name = "PATH")]
+    pub mask: PathBuf,
+    #[arg(long, default_value_t = 1.0)]
+    pub strength: f64,
+    #[command(flatten)]
+    pub common: Txt2ImgArgs,
+}
+
+#[derive(Args, Debug)]
 pub struct InspectArgs {
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
@@ -137,7 +166,23 @@ pub struct TokenizeArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Txt2img(a) => txt2img(a),
+        Command::Txt2img(a) => generate(a, None),
+        Command::Img2img(a) => generate(
+            a.common,
+            Some(InitSpec {
+                image: a.init_image,
+                mask: None,
+                strength: a.strength,
+            }),
+        ),
+        Command::Inpaint(a) => generate(
+            a.common,
+            Some(InitSpec {
+                image: a.init_image,
+                mask: Some(a.mask),
+                strength: a.strength,
+            }),
+        ),
         Command::Inspect(a) => inspect(a),
         Command::Tokenize(a) => tokenize(a),
         Command::Bench(a) => bench(a),
@@ -177,7 +222,14 @@ fn batch_path(base: &Path, i: usize, batch: usize) -> PathBuf {
     base.with_file_name(format!("{stem}-{i}.{ext}"))
 }
 
-fn txt2img(a: Txt2ImgArgs) -> Result<()> {
+/// img2img / inpaint inputs as given on the command line.
+struct InitSpec {
+    image: PathBuf,
+    mask: Option<PathBuf>,
+    strength: f64,
+}
+
+fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     // Cheap checks first, before anything is loaded.
     if a.steps == 0 {
         return Err(Error::Usage("--steps must be at least 1".into()));
@@ -200,9 +252,51 @@ fn txt2img(a: Txt2ImgArgs) -> Result<()> {
             )));
         }
     };
-    let (dw, dh) = profile.default_size();
+    let factor = profile.vae_factor.value;
+    let (dw, dh) = match &init {
+        Some(i) => crate::images::target_size(&i.image, a.width, a.height, factor)?,
+        None => profile.default_size(),
+    };
+    let (width, height) = (a.width.unwrap_or(dw), a.height.unwrap_or(dh));
+    let mut notes = Vec::new();
+    let init = match init {
+        None => None,
+        Some(spec) => {
+            if !(0.0..=1.0).contains(&spec.strength) || spec.strength.is_nan() {
+                return Err(Error::Usage(format!(
+                    "--strength {} is outside [0, 1]",
+                    spec.strength
+                )));
+            }
+            let image = crate::images::load_image(&spec.image, width, height)?;
+            let mask = match &spec.mask {
+                Some(m) => {
+                    let (mask, resized) = crate::images::load_mask(m, width, height)?;
+                    if resized {
+                        notes.push(format!(
+                            "{}: resized to {width}x{height} to match the image",
+                            m.display()
+                        ));
+                    }
+                    Some(mask)
+                }
+                None => None,
+            };
+            Some(Init {
+                image,
+                mask,
+                strength: spec.strength,
+            })
+        }
+    };
+    if init.is_some() && profile.vae_encoder.is_none() {
+        return Err(Error::model(
+            &a.model,
+            "has no vae_encoder: img2img and inpainting need one (export the pipeline with its VAE encoder)",
+        ));
+    }
     let seed = a.seed.unwrap_or_else(random_seed);
-    let req = Txt2Img {
+    let req = Request {
         prompt: a.prompt,
         negative_prompt: a.negative_prompt,
         steps: a.steps,
@@ -211,10 +305,14 @@ fn txt2img(a: Txt2ImgArgs) -> Result<()> {
         karras: a.karras,
         seed,
         rng,
-        width: a.width.unwrap_or(dw),
-        height: a.height.unwrap_or(dh),
+        width,
+        height,
         batch: a.batch,
+        init,
     };
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
     // Fail on bad sizes or a scheduler config we cannot honour before any graph is loaded.
     req.check(&profile)?;
 
@@ -235,7 +333,15 @@ fn txt2img(a: Txt2ImgArgs) -> Result<()> {
     if a.seed.is_none() && !a.quiet {
         eprintln!("seed: {seed}");
     }
-    let result = pipeline.txt2img(&req, &mut |p| match p {
+    if pipeline.encoder_output() == Some(crate::graphs::EncoderOutput::Sample)
+        && req.init.is_some()
+        && !a.quiet
+    {
+        eprintln!(
+            "note: this export samples its VAE latents inside the graph (`latent_sample`); the result cannot be reproduced exactly"
+        );
+    }
+    let result = pipeline.generate(&req, &mut |p| match p {
         Progress::Step { done, total } => {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
@@ -467,7 +573,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         None => profile.default_scheduler.unwrap_or(SchedulerKind::Pndm),
     };
     let (dw, dh) = profile.default_size();
-    let req = Txt2Img {
+    let req = Request {
         prompt: "a photograph of an astronaut riding a horse".into(),
         negative_prompt: None,
         steps: a.steps,
@@ -479,6 +585,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         width: a.width.unwrap_or(dw),
         height: a.height.unwrap_or(dh),
         batch: 1,
+        init: None,
     };
     req.check(&profile)?;
     let config = profile.scheduler_config.clone();

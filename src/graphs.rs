@@ -276,6 +276,21 @@ impl Unet {
         self.graph.outputs.first().and_then(|p| p.fixed_dim(1))
     }
 
+    /// Input channels (4, or 9 for inpainting UNets): the `sample` port when fixed, else `conv_in`'s
+    /// weight shape read from the graph file.
+    pub fn input_channels(&self) -> Option<usize> {
+        self.graph
+            .inputs
+            .iter()
+            .find(|p| p.name == "sample")
+            .and_then(|p| p.fixed_dim(1))
+            .or_else(|| {
+                std::fs::read(&self.graph.path)
+                    .ok()
+                    .and_then(|bytes| crate::onnx_proto::input_conv_channels(&bytes, "sample"))
+            })
+    }
+
     pub fn run(
         &mut self,
         sample: &Array4<f32>,
@@ -347,6 +362,54 @@ impl VaeDecoder {
         let (shape, data) = self
             .graph
             .run(vec![("latent_sample".into(), v)], &self.out.clone())?;
+        if shape.len() != 4 {
+            return Err(Error::model(
+                &self.graph.path,
+                format!("output `{}` has shape {shape:?}", self.out),
+            ));
+        }
+        Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
+            .map_err(|e| Error::model(&self.graph.path, e.to_string()))
+    }
+}
+
+/// What the VAE encoder export returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncoderOutput {
+    /// Mean and log-variance (optimum's `latent_parameters`): we sample with the run's generator.
+    Parameters,
+    /// Already sampled inside the graph (the convert script's `latent_sample`): not reproducible.
+    Sample,
+}
+
+pub struct VaeEncoder {
+    pub graph: Graph,
+    pub output: EncoderOutput,
+    out: String,
+}
+
+impl VaeEncoder {
+    pub fn load(runtime: &Runtime, c: &Component) -> Result<Self> {
+        let graph = Graph::load(runtime, c)?;
+        graph.input("sample")?;
+        let out = graph.output_name("latent_parameters")?;
+        let output = if out == "latent_sample" {
+            EncoderOutput::Sample
+        } else {
+            EncoderOutput::Parameters
+        };
+        Ok(VaeEncoder { graph, output, out })
+    }
+
+    /// Encode a (1, 3, H, W) image in [-1, 1]: latent parameters (2C channels) or a latent sample (C).
+    pub fn encode(&mut self, image: &Array4<f32>) -> Result<Array4<f32>> {
+        let shape: Vec<i64> = image.shape().iter().map(|&d| d as i64).collect();
+        let v = self
+            .graph
+            .float_input("sample", image.iter().copied().collect(), shape)?;
+        let (shape, data) = self
+            .graph
+            .run(vec![("sample".into(), v)], &self.out.clone())?;
         if shape.len() != 4 {
             return Err(Error::model(
                 &self.graph.path,

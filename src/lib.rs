@@ -5,6 +5,8 @@ pub mod bench;
 pub mod cli;
 pub mod error;
 pub mod graphs;
+pub mod images;
+pub mod onnx_proto;
 pub mod output;
 pub mod pipeline;
 pub mod profile;

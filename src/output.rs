@@ -2,7 +2,7 @@
 //! written to a temporary file beside the target and renamed into place, so that no partial file is left.
 
 use crate::error::{Error, Result};
-use crate::pipeline::{RgbImage, Txt2Img};
+use crate::pipeline::{Request, RgbImage};
 use crate::rng::RngKind;
 use crate::schedulers::SchedulerKind;
 use std::io::Write;
@@ -29,13 +29,18 @@ fn a1111_sampler(kind: SchedulerKind) -> &'static str {
 }
 
 /// The `parameters` text: prompt, negative prompt, then one line of `Key: value` pairs.
-pub fn a1111_parameters(req: &Txt2Img, seed: u64, model: &str) -> String {
+pub fn a1111_parameters(req: &Request, seed: u64, model: &str) -> String {
     let mut s = req.prompt.clone();
     if let Some(neg) = req.negative_prompt.as_deref().filter(|n| !n.is_empty()) {
         s.push_str(&format!("\nNegative prompt: {neg}"));
     }
+    let denoise = req
+        .init
+        .as_ref()
+        .map(|i| format!(", Denoising strength: {}", i.strength))
+        .unwrap_or_default();
     s.push_str(&format!(
-        "\nSteps: {}, Sampler: {}, Schedule type: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}, Model: {model}, RNG: {}",
+        "\nSteps: {}, Sampler: {}, Schedule type: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}, Model: {model}{denoise}, RNG: {}",
         req.steps,
         a1111_sampler(req.scheduler),
         if req.karras { "Karras" } else { "Automatic" },

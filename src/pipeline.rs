@@ -1,23 +1,41 @@
-//! txt2img as diffusers' `StableDiffusionPipeline.__call__` does it: prompt embeddings (negative or empty
-//! prompt for the unconditional half), classifier-free guidance with uncond+cond in one UNet call, latents
-//! drawn from the run's generator and scaled by `init_noise_sigma`, the scheduler loop, VAE decode one image
-//! at a time, and diffusers' conversion to 8-bit RGB.
+//! Generation as diffusers' Stable Diffusion pipelines do it:
+//! * txt2img (`StableDiffusionPipeline`): prompt embeddings (negative or empty prompt for the unconditional
+//!   half), classifier-free guidance with uncond+cond in one UNet call, latents drawn from the run's generator
+//!   and scaled by `init_noise_sigma`, the scheduler loop, VAE decode one image at a time, diffusers' rounding;
+//! * img2img (`StableDiffusionImg2ImgPipeline`): `strength` picks the first timestep, the encoded image is
+//!   noised there with `add_noise`, the loop runs over the remaining timesteps (`set_begin_index`);
+//! * inpainting (`StableDiffusionInpaintPipeline`): 9-channel UNets get latents + mask + masked-image latents;
+//!   4-channel UNets get the original, noised to the next timestep, blended back outside the mask each step.
+//!
+//! Generator draws happen in diffusers' order, so a seed gives diffusers' image.
 //!
 //! No file I/O and no printing here: progress and warnings go back to the caller.
 
 use crate::error::{Error, Result};
-use crate::graphs::{TextEncoder, Unet, VaeDecoder};
+use crate::graphs::{EncoderOutput, TextEncoder, Unet, VaeDecoder, VaeEncoder};
 use crate::profile::ModelProfile;
+use crate::rng::NoiseSource;
 use crate::rng::RngKind;
 use crate::runtime::Runtime;
 use crate::schedulers::{Latents, Scheduler, SchedulerKind};
 use crate::tokenizer::ClipTokenizer;
-use ndarray::{Array3, Axis, concatenate, s};
+use ndarray::{Array2, Array3, Array4, Axis, concatenate, s};
 use std::time::{Duration, Instant};
 
-/// One txt2img request, with every default already resolved.
+/// The image (and mask) that img2img and inpainting start from, already at the request's size.
 #[derive(Clone, Debug)]
-pub struct Txt2Img {
+pub struct Init {
+    /// (1, 3, height, width), values in [-1, 1] (see `images::load_image`).
+    pub image: Array4<f32>,
+    /// (height, width), 1 = repaint, 0 = keep; `None` for img2img.
+    pub mask: Option<Array2<f32>>,
+    /// How much of the schedule to run: 1 = all of it (from pure noise for inpainting), 0 = none.
+    pub strength: f64,
+}
+
+/// One generation request, with every default already resolved.
+#[derive(Clone, Debug)]
+pub struct Request {
     pub prompt: String,
     pub negative_prompt: Option<String>,
     pub steps: usize,
@@ -29,9 +47,11 @@ pub struct Txt2Img {
     pub width: usize,
     pub height: usize,
     pub batch: usize,
+    /// img2img / inpainting input; `None` for txt2img.
+    pub init: Option<Init>,
 }
 
-impl Txt2Img {
+impl Request {
     /// Validate the request against the model and build its scheduler (with `--karras` applied), so that
     /// callers can fail before loading any graph. The pipeline calls it too.
     pub fn check(&self, profile: &ModelProfile) -> Result<Box<dyn Scheduler>> {
@@ -46,11 +66,57 @@ impl Txt2Img {
         if self.batch == 0 {
             return Err(Error::Usage("--batch must be at least 1".into()));
         }
+        if let Some(init) = &self.init {
+            if !(0.0..=1.0).contains(&init.strength) || init.strength.is_nan() {
+                return Err(Error::Usage(format!(
+                    "--strength {} is outside [0, 1]",
+                    init.strength
+                )));
+            }
+            if init.image.shape() != [1, 3, self.height, self.width] {
+                return Err(Error::Usage(format!(
+                    "init image tensor {:?} does not match {}x{}",
+                    init.image.shape(),
+                    self.width,
+                    self.height
+                )));
+            }
+            if let Some(m) = &init.mask {
+                if m.shape() != [self.height, self.width] {
+                    return Err(Error::Usage(format!(
+                        "mask {:?} does not match {}x{}",
+                        m.shape(),
+                        self.width,
+                        self.height
+                    )));
+                }
+                if self.start_index(1) >= self.steps {
+                    return Err(Error::Usage(format!(
+                        "--strength {} leaves no denoising step out of {} (diffusers refuses this too)",
+                        init.strength, self.steps
+                    )));
+                }
+            }
+        }
         let mut config = profile.scheduler_config.clone();
         if self.karras {
             config.set("use_karras_sigmas", serde_json::Value::Bool(true));
         }
         Ok(self.scheduler.build(&config, self.steps)?)
+    }
+}
+
+impl Request {
+    /// diffusers' `get_timesteps`: the schedule position the run starts from (`t_start * order`).
+    pub fn start_index(&self, order: usize) -> usize {
+        match &self.init {
+            None => 0,
+            Some(init) => {
+                // In double precision, as Python computes int(steps * strength) (20 * 0.7 == 14.0 there).
+                let init_timestep = ((self.steps as f64 * init.strength) as usize).min(self.steps);
+                (self.steps - init_timestep) * order
+            }
+        }
     }
 }
 
@@ -97,7 +163,16 @@ pub struct Pipeline {
     text_encoder: TextEncoder,
     unet: Unet,
     vae_decoder: VaeDecoder,
+    vae_encoder: Option<VaeEncoder>,
     latent_channels: usize,
+    /// 4, or 9 for inpainting UNets (latents + mask + masked-image latents).
+    unet_in_channels: usize,
+}
+
+/// An encoded image: sampled latents (already times the VAE scaling factor).
+fn concat4(parts: &[&Latents]) -> Result<Latents> {
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    concatenate(Axis(0), &views).map_err(|e| Error::Usage(e.to_string()))
 }
 
 impl Pipeline {
@@ -106,24 +181,44 @@ impl Pipeline {
         let text_encoder = TextEncoder::load(runtime, &profile.text_encoder)?;
         let unet = Unet::load(runtime, &profile.unet)?;
         let vae_decoder = VaeDecoder::load(runtime, &profile.vae_decoder)?;
+        let vae_encoder = profile
+            .vae_encoder
+            .as_ref()
+            .map(|c| VaeEncoder::load(runtime, c))
+            .transpose()?;
         let latent_channels = profile
             .latent_channels
             .as_ref()
             .map(|c| c.value)
             .or_else(|| unet.declared_channels())
             .unwrap_or(4);
+        let unet_in_channels = profile
+            .unet_in_channels
+            .or_else(|| unet.input_channels())
+            .unwrap_or(latent_channels);
         Ok(Pipeline {
             profile,
             tokenizer,
             text_encoder,
             unet,
             vae_decoder,
+            vae_encoder,
             latent_channels,
+            unet_in_channels,
         })
     }
 
     pub fn tokenizer(&self) -> &ClipTokenizer {
         &self.tokenizer
+    }
+
+    /// 9 for an inpainting UNet, else the latent channel count.
+    pub fn unet_in_channels(&self) -> usize {
+        self.unet_in_channels
+    }
+
+    pub fn encoder_output(&self) -> Option<EncoderOutput> {
+        self.vae_encoder.as_ref().map(|e| e.output)
     }
 
     fn embed(&mut self, text: &str, warnings: &mut Vec<String>) -> Result<Array3<f32>> {
@@ -136,13 +231,86 @@ impl Pipeline {
         self.text_encoder.encode(&enc.ids)
     }
 
+    /// `retrieve_latents(vae.encode(image), generator) * scaling_factor`: the latent distribution sampled
+    /// with the run's generator (`mean + std * randn`), or the graph's own sample for legacy exports.
+    fn encode(&mut self, image: &Array4<f32>, noise: &mut dyn NoiseSource) -> Result<Latents> {
+        let c = self.latent_channels;
+        let scale = self.profile.vae_scaling_factor.value;
+        let encoder = self.vae_encoder.as_mut().ok_or_else(|| {
+            Error::model(
+                &self.profile.dir,
+                "has no vae_encoder: img2img and inpainting need one (export the pipeline with its VAE encoder)",
+            )
+        })?;
+        let out = encoder.encode(image)?;
+        let mut latents = if out.shape()[1] == 2 * c {
+            let mean = out.slice(s![.., ..c, .., ..]).to_owned();
+            let logvar = out.slice(s![.., c.., .., ..]);
+            let eps = crate::schedulers::noise_like(&mean, noise);
+            let mut z = mean;
+            ndarray::Zip::from(&mut z)
+                .and(&logvar)
+                .and(&eps)
+                .for_each(|m, &lv, &e| {
+                    let std = (0.5 * lv.clamp(-30.0, 20.0)).exp();
+                    *m += std * e;
+                });
+            z
+        } else if out.shape()[1] == c {
+            out
+        } else {
+            return Err(Error::model(
+                &encoder.graph.path,
+                format!(
+                    "encoder output has {} channels; expected {c} or {}",
+                    out.shape()[1],
+                    2 * c
+                ),
+            ));
+        };
+        latents.mapv_inplace(|v| v * scale);
+        Ok(latents)
+    }
+
+    /// Kept for callers of the txt2img-only API.
     pub fn txt2img(
         &mut self,
-        req: &Txt2Img,
+        req: &Request,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Generated> {
+        self.generate(req, progress)
+    }
+
+    pub fn generate(
+        &mut self,
+        req: &Request,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Generated> {
         let mut scheduler = req.check(&self.profile)?;
         let factor = self.profile.vae_factor.value;
+        let inpaint_unet = self.unet_in_channels == 2 * self.latent_channels + 1;
+        let mask = req.init.as_ref().and_then(|i| i.mask.as_ref());
+        match (inpaint_unet, mask.is_some()) {
+            (true, false) => {
+                return Err(Error::Usage(format!(
+                    "{}: this UNet takes {} input channels (an inpainting model): use `sd-onnx inpaint`",
+                    self.profile.dir.display(),
+                    self.unet_in_channels
+                )));
+            }
+            (false, _) if self.unet_in_channels != self.latent_channels => {
+                return Err(Error::model(
+                    &self.profile.unet.graph,
+                    format!(
+                        "UNet takes {} input channels; expected {} or {}",
+                        self.unet_in_channels,
+                        self.latent_channels,
+                        2 * self.latent_channels + 1
+                    ),
+                ));
+            }
+            _ => {}
+        }
         let mut warnings = Vec::new();
         let mut timings = Timings::default();
         let started = Instant::now();
@@ -163,34 +331,104 @@ impl Pipeline {
         };
         timings.text = started.elapsed();
 
-        // 2. Initial latents from the run's generator.
+        // 2. Initial latents, drawing from the generator in diffusers' order.
         let shape = (
             req.batch,
             self.latent_channels,
             req.height / factor,
             req.width / factor,
         );
-        let mut noise = req.rng.build(req.seed);
-        let values = noise.randn(&[shape.0, shape.1, shape.2, shape.3]);
-        let mut latents =
-            Latents::from_shape_vec(shape, values).map_err(|e| Error::Usage(e.to_string()))?;
-        let sigma = scheduler.init_noise_sigma();
-        latents.mapv_inplace(|v| v * sigma);
-
-        // 3. Denoise.
+        let dims = [shape.0, shape.1, shape.2, shape.3];
+        let mut noise_src = req.rng.build(req.seed);
         let timesteps = scheduler.timesteps().to_vec();
+        let begin = req.start_index(scheduler.order()).min(timesteps.len());
+        let batch_of = |one: &Latents| -> Result<Latents> { concat4(&vec![one; req.batch]) };
+        let mut image_latents: Option<Latents> = None;
+        let mut initial_noise: Option<Latents> = None;
+        let mut mask_latents: Option<Latents> = None;
+        let mut masked_image_latents: Option<Latents> = None;
+        let mut latents = match &req.init {
+            None => {
+                let values = noise_src.randn(&dims);
+                let mut l = Latents::from_shape_vec(shape, values)
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                let sigma = scheduler.init_noise_sigma();
+                l.mapv_inplace(|v| v * sigma);
+                l
+            }
+            Some(init) if init.mask.is_none() => {
+                // img2img
+                let encoded = batch_of(&self.encode(&init.image, noise_src.as_mut())?)?;
+                if begin >= timesteps.len() {
+                    encoded // strength 0: the input, re-encoded
+                } else {
+                    let n = Latents::from_shape_vec(shape, noise_src.randn(&dims))
+                        .map_err(|e| Error::Usage(e.to_string()))?;
+                    scheduler.add_noise(&encoded, &n, begin)
+                }
+            }
+            Some(init) => {
+                // inpainting
+                let full_strength = init.strength >= 1.0;
+                if !inpaint_unet || !full_strength {
+                    image_latents = Some(batch_of(&self.encode(&init.image, noise_src.as_mut())?)?);
+                }
+                let n = Latents::from_shape_vec(shape, noise_src.randn(&dims))
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                let l = match (&image_latents, full_strength) {
+                    (Some(il), false) => scheduler.add_noise(il, &n, begin),
+                    _ => {
+                        let sigma = scheduler.init_noise_sigma();
+                        n.mapv(|v| v * sigma)
+                    }
+                };
+                initial_noise = Some(n);
+                let m = init
+                    .mask
+                    .as_ref()
+                    .map(|m| nearest_resize(m, shape.2, shape.3))
+                    .unwrap_or_else(|| Array2::zeros((shape.2, shape.3)));
+                let mut masked = init.image.clone();
+                if let Some(full) = &init.mask {
+                    ndarray::Zip::indexed(&mut masked).for_each(|(_, _, y, x), v| {
+                        if full[[y, x]] >= 0.5 {
+                            *v = 0.0;
+                        }
+                    });
+                }
+                let mi = batch_of(&self.encode(&masked, noise_src.as_mut())?)?;
+                let m4 =
+                    Latents::from_shape_fn((req.batch, 1, shape.2, shape.3), |(_, _, y, x)| {
+                        m[[y, x]]
+                    });
+                if guided {
+                    mask_latents = Some(concat4(&[&m4, &m4])?);
+                    masked_image_latents = Some(concat4(&[&mi, &mi])?);
+                } else {
+                    mask_latents = Some(m4);
+                    masked_image_latents = Some(mi);
+                }
+                l
+            }
+        };
+
+        // 3. Denoise over the remaining schedule.
         let g = req.guidance;
-        for (i, &t) in timesteps.iter().enumerate() {
+        for i in begin..timesteps.len() {
+            let t = timesteps[i];
             let t0 = Instant::now();
             let input = if guided {
-                concatenate(Axis(0), &[latents.view(), latents.view()])
-                    .map_err(|e| Error::Usage(e.to_string()))?
+                concat4(&[&latents, &latents])?
             } else {
                 latents.clone()
             };
             let t1 = Instant::now();
-            let input = scheduler.scale_model_input(input, i);
+            let mut input = scheduler.scale_model_input(input, i);
             let t2 = Instant::now();
+            if inpaint_unet && let (Some(m), Some(mi)) = (&mask_latents, &masked_image_latents) {
+                input = concatenate(Axis(1), &[input.view(), m.view(), mi.view()])
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+            }
             let out = self.unet.run(&input, t, &context)?;
             let t3 = Instant::now();
             let noise_pred = if guided {
@@ -204,14 +442,33 @@ impl Pipeline {
                 out
             };
             let t4 = Instant::now();
-            latents = scheduler.step(&noise_pred, i, &latents, noise.as_mut());
+            latents = scheduler.step(&noise_pred, i, &latents, noise_src.as_mut());
             let t5 = Instant::now();
+            // 4-channel inpainting: keep the original (noised to the next timestep) outside the mask.
+            if !inpaint_unet
+                && let (Some(il), Some(m), Some(n)) =
+                    (&image_latents, &mask_latents, &initial_noise)
+            {
+                let proper = if i + 1 < timesteps.len() {
+                    scheduler.add_noise(il, n, i + 1)
+                } else {
+                    il.clone()
+                };
+                let b = req.batch;
+                let m = m.slice(s![..b, .., .., ..]);
+                ndarray::Zip::indexed(&mut latents).and(&proper).for_each(
+                    |(bi, _, y, x), l, &p| {
+                        let keep = m[[bi, 0, y, x]];
+                        *l = (1.0 - keep) * p + keep * *l;
+                    },
+                );
+            }
             timings.unet.push(t3 - t2);
             timings.scheduler.push((t2 - t1) + (t5 - t4));
-            timings.guidance.push((t1 - t0) + (t4 - t3));
+            timings.guidance.push((t1 - t0) + (t4 - t3) + t5.elapsed());
             progress(Progress::Step {
-                done: i + 1,
-                total: timesteps.len(),
+                done: i + 1 - begin,
+                total: timesteps.len() - begin,
             });
         }
 
@@ -234,6 +491,18 @@ impl Pipeline {
             timings,
         })
     }
+}
+
+/// `torch.nn.functional.interpolate(mode="nearest")` of a (H, W) mask to (h, w): source index
+/// floor(dst * H / h).
+fn nearest_resize(mask: &Array2<f32>, h: usize, w: usize) -> Array2<f32> {
+    let (sh, sw) = (mask.shape()[0], mask.shape()[1]);
+    let (ry, rx) = (sh as f32 / h as f32, sw as f32 / w as f32);
+    Array2::from_shape_fn((h, w), |(y, x)| {
+        let sy = ((y as f32 * ry).floor() as usize).min(sh - 1);
+        let sx = ((x as f32 * rx).floor() as usize).min(sw - 1);
+        mask[[sy, sx]]
+    })
 }
 
 /// diffusers' `(image / 2 + 0.5).clamp(0, 1)`, then `(x * 255).round()` (half to even) to u8.

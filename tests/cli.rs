@@ -436,3 +436,124 @@ fn bench_reports_all_figures() {
     assert_eq!(micro.len(), 14);
     assert!(micro.iter().all(|m| m["1x4x128x128"].as_f64().is_some()));
 }
+
+fn i2i<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "img2img", "--model", MODEL, "--prompt", "a cat", "--steps", "4", "--quiet", "--seed", "1",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// img2img / inpaint bad input: unreadable image, strength outside [0, 1], no VAE encoder (exit 2);
+/// a mask of another size is resized, and said so.
+#[test]
+fn img2img_and_inpaint_inputs() {
+    let d = tmpdir("i2i");
+    let out = d.join("o.png");
+    let out_s = out.to_str().unwrap();
+    let img = "tests/fixtures/images/init-64.png";
+    std::fs::write(d.join("broken.png"), b"not a png").unwrap();
+    expect_usage(
+        &run(&i2i(&[
+            "--init-image",
+            d.join("broken.png").to_str().unwrap(),
+            "--output",
+            out_s,
+        ])),
+        "broken.png",
+    );
+    expect_usage(
+        &run(&i2i(&["--init-image", "no/such.png", "--output", out_s])),
+        "no/such.png",
+    );
+    expect_usage(
+        &run(&i2i(&[
+            "--init-image",
+            img,
+            "--strength",
+            "1.5",
+            "--output",
+            out_s,
+        ])),
+        "--strength 1.5",
+    );
+    let no_enc = d.join("no-encoder");
+    copy_dir(Path::new(MODEL), &no_enc);
+    std::fs::remove_dir_all(no_enc.join("vae_encoder")).unwrap();
+    let mut args = i2i(&["--init-image", img, "--output", out_s]);
+    args[2] = no_enc.to_str().unwrap();
+    expect_usage(&run(&args), "vae_encoder");
+    assert!(!out.exists(), "no output on failure");
+
+    // strength 0: no denoising step, the input re-encoded; the A1111 text records the strength.
+    let o = run(&i2i(&[
+        "--init-image",
+        img,
+        "--strength",
+        "0",
+        "--output",
+        out_s,
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()))
+        .read_info()
+        .unwrap();
+    assert!(
+        reader.info().uncompressed_latin1_text[0]
+            .text
+            .contains("Denoising strength: 0,")
+    );
+
+    // Inpainting with a 32x32 RGB mask on a 64x64 image: resized, with a note; 9-channel model too.
+    for model in [MODEL, "onnx/sd-tiny-inpaint-optimum"] {
+        let o = run(&[
+            "inpaint",
+            "--model",
+            model,
+            "--prompt",
+            "a cat",
+            "--steps",
+            "3",
+            "--seed",
+            "1",
+            "--init-image",
+            img,
+            "--mask",
+            "tests/fixtures/images/mask-32-rgb.png",
+            "--output",
+            out_s,
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("mask-32-rgb.png: resized to 64x64"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    // A 9-channel UNet refuses txt2img, naming the right command.
+    expect_usage(
+        &run(&t2i("onnx/sd-tiny-inpaint-optimum", &["--output", out_s])),
+        "sd-onnx inpaint",
+    );
+    // Inpainting at a strength that leaves no step is refused (diffusers refuses it too).
+    let o = run(&[
+        "inpaint",
+        "--model",
+        MODEL,
+        "--prompt",
+        "x",
+        "--steps",
+        "4",
+        "--init-image",
+        img,
+        "--mask",
+        "tests/fixtures/images/mask-64.png",
+        "--strength",
+        "0.1",
+        "--output",
+        out_s,
+    ]);
+    expect_usage(&o, "no denoising step");
+    let _ = std::fs::remove_dir_all(&d);
+}

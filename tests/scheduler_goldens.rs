@@ -36,7 +36,10 @@ fn schedulers_match_diffusers_goldens() {
         for (k, v) in case["config"].as_object().unwrap() {
             cfg[k] = v.clone();
         }
-        let label = format!("{name} {} steps={}", case["config"], case["steps"]);
+        let label = format!(
+            "{name} {} steps={} strength={}",
+            case["config"], case["steps"], case["strength"]
+        );
         let config = SchedulerConfig::from_json(cfg).unwrap();
         let steps = case["steps"].as_u64().unwrap() as usize;
         let mut sched = match SchedulerKind::from_name(name)
@@ -87,13 +90,20 @@ fn schedulers_match_diffusers_goldens() {
             ));
         }
         let mut rng = TorchCpuRng::new(case["seed"].as_u64().unwrap());
-        let noise = rng.randn(&shape);
-        let mut sample =
-            Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), noise).unwrap();
-        sample.mapv_inplace(|v| v * sched.init_noise_sigma());
-        let ts = sched.timesteps().to_vec();
+        let dims = (shape[0], shape[1], shape[2], shape[3]);
+        // img2img cases start at `begin` from add_noise(x0, noise); txt2img ones from scaled noise.
+        let begin = case["begin"].as_u64().unwrap_or(0) as usize;
+        let mut sample = Array4::from_shape_vec(dims, rng.randn(&shape)).unwrap();
+        if case["strength"].is_null() {
+            sample.mapv_inplace(|v| v * sched.init_noise_sigma());
+        } else {
+            let noise = Array4::from_shape_vec(dims, rng.randn(&shape)).unwrap();
+            sample = sched.add_noise(&sample, &noise, begin);
+        }
+        let ts = sched.timesteps()[begin..].to_vec();
         let mut running_max = 0.0f64;
-        for (i, t) in ts.iter().enumerate() {
+        for (k, t) in ts.iter().enumerate() {
+            let i = begin + k;
             let inp = sched.scale_model_input(sample.clone(), i);
             let out = fake_model(&inp, *t);
             running_max = sample
@@ -101,7 +111,7 @@ fn schedulers_match_diffusers_goldens() {
                 .fold(running_max, |m, v| m.max(v.abs() as f64));
             let prev_scale = [running_max];
             sample = sched.step(&out, i, &sample, &mut rng);
-            let want: Vec<f64> = case["samples"][i]
+            let want: Vec<f64> = case["samples"][k]
                 .as_array()
                 .unwrap()
                 .iter()

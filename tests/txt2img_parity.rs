@@ -6,7 +6,7 @@
 //! another on these tiny models. onnx/sd-tiny-fp16 (fp16 graphs, int64 timestep) is held to the same image
 //! bar against the same float32 references, latents within 1.0. Needs ORT_DYLIB_PATH (scripts/test sets it).
 
-use sd_onnx::pipeline::{Pipeline, Txt2Img};
+use sd_onnx::pipeline::{Pipeline, Request};
 use sd_onnx::profile::ModelProfile;
 use sd_onnx::rng::RngKind;
 use sd_onnx::runtime::Runtime;
@@ -23,8 +23,8 @@ fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
     (info.width as usize, info.height as usize, buf)
 }
 
-fn request(case: &Value) -> Txt2Img {
-    Txt2Img {
+fn request(case: &Value) -> Request {
+    Request {
         prompt: case["prompt"].as_str().unwrap().into(),
         negative_prompt: case["negative_prompt"].as_str().map(String::from),
         steps: case["steps"].as_u64().unwrap() as usize,
@@ -36,6 +36,7 @@ fn request(case: &Value) -> Txt2Img {
         width: case["width"].as_u64().unwrap() as usize,
         height: case["height"].as_u64().unwrap() as usize,
         batch: case["batch"].as_u64().unwrap() as usize,
+        init: None,
     }
 }
 

@@ -99,6 +99,13 @@ impl Scheduler for DpmPp2m {
         1.0
     }
 
+    fn add_noise(&self, original: &Latents, noise: &Latents, index: usize) -> Latents {
+        let (alpha, sigma) = super::multistep::alpha_sigma(
+            self.schedule.sigmas[index.min(self.schedule.sigmas.len() - 1)],
+        );
+        super::axpby(alpha, original, sigma, noise)
+    }
+
     fn step(
         &mut self,
         model_output: &Latents,

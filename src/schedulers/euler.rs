@@ -51,6 +51,14 @@ impl Scheduler for Euler {
         self.schedule.scale(sample, index)
     }
 
+    fn add_noise(&self, original: &Latents, noise: &Latents, index: usize) -> Latents {
+        super::add_noise_sigma(
+            self.schedule.sigmas[index.min(self.schedule.sigmas.len() - 1)],
+            original,
+            noise,
+        )
+    }
+
     fn step(
         &mut self,
         model_output: &Latents,

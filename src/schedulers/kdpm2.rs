@@ -111,6 +111,18 @@ impl Scheduler for Kdpm2 {
         sample.mapv(|v| v / d)
     }
 
+    fn add_noise(&self, original: &Latents, noise: &Latents, index: usize) -> Latents {
+        super::add_noise_sigma(
+            self.sigmas[index.min(self.sigmas.len() - 1)],
+            original,
+            noise,
+        )
+    }
+
+    fn order(&self) -> usize {
+        2
+    }
+
     fn step(
         &mut self,
         model_output: &Latents,

@@ -76,6 +76,11 @@ impl Scheduler for Lcm {
         1.0
     }
 
+    fn add_noise(&self, original: &Latents, noise: &Latents, index: usize) -> Latents {
+        let t = self.timesteps[index.min(self.timesteps.len() - 1)] as usize;
+        super::add_noise_alpha(self.alphas_cumprod[t], original, noise)
+    }
+
     fn step(
         &mut self,
         model_output: &Latents,

@@ -72,6 +72,28 @@ pub trait Scheduler: Send {
         sample: &Latents,
         noise: &mut dyn NoiseSource,
     ) -> Latents;
+    /// diffusers' `order`: entries of `timesteps()` per inference step (2 for Heun and KDPM2).
+    fn order(&self) -> usize {
+        1
+    }
+    /// diffusers' `add_noise`, at the noise level of schedule position `index` (what `begin_index` /
+    /// `step_index` select there).
+    fn add_noise(&self, original: &Latents, noise: &Latents, index: usize) -> Latents;
+}
+
+/// `add_noise` of the DDPM family: sqrt(a) * x0 + sqrt(1 - a) * noise, a = alphas_cumprod[t].
+pub(crate) fn add_noise_alpha(alpha_cumprod: f32, original: &Latents, noise: &Latents) -> Latents {
+    axpby(
+        alpha_cumprod.sqrt(),
+        original,
+        (1.0 - alpha_cumprod).sqrt(),
+        noise,
+    )
+}
+
+/// `add_noise` of the k-diffusion family: x0 + sigma * noise.
+pub(crate) fn add_noise_sigma(sigma: f32, original: &Latents, noise: &Latents) -> Latents {
+    axpby(1.0, original, sigma, noise)
 }
 
 /// The schedulers we ship, by CLI name.
@@ -213,6 +235,18 @@ impl SchedulerKind {
         } else {
             kind
         })
+    }
+
+    /// Which schedulers draw fresh noise while denoising (their output depends on the generator's stream).
+    pub fn is_stochastic(self) -> bool {
+        matches!(
+            self,
+            SchedulerKind::Ddpm
+                | SchedulerKind::EulerAncestral
+                | SchedulerKind::DpmPp2mSde
+                | SchedulerKind::Kdpm2Ancestral
+                | SchedulerKind::Lcm
+        )
     }
 
     pub fn name(self) -> &'static str {

@@ -1,0 +1,152 @@
+//! img2img and inpainting against diffusers' PyTorch `StableDiffusionImg2ImgPipeline` and
+//! `StableDiffusionInpaintPipeline` (tests/fixtures/img2img, written by scripts/make_fixtures.py): several
+//! strengths, seven schedulers (ancestral and SDE ones included), batch 2, a non-square image, a 4-channel UNet
+//! (latent blending) and a 9-channel inpainting UNet. Run on the optimum exports, whose VAE encoder returns
+//! `latent_parameters` so that we sample with the run's generator in diffusers' order.
+//!
+//! Tolerance as for txt2img: images mean |diff| <= 1.0, max <= 8 levels; final latents within 2e-3.
+//! The convert-script exports (`latent_sample`, sampled inside the graph) cannot match and are only run.
+
+use sd_onnx::images::{load_image, load_mask};
+use sd_onnx::pipeline::{Init, Pipeline, Request};
+use sd_onnx::profile::ModelProfile;
+use sd_onnx::rng::RngKind;
+use sd_onnx::runtime::Runtime;
+use sd_onnx::schedulers::SchedulerKind;
+use serde_json::Value;
+use std::path::Path;
+
+fn read_png(path: &Path) -> Vec<u8> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    buf
+}
+
+fn request(case: &Value) -> Request {
+    let images = Path::new("tests/fixtures/images");
+    let (w, h) = (
+        case["width"].as_u64().unwrap() as usize,
+        case["height"].as_u64().unwrap() as usize,
+    );
+    let image = load_image(&images.join(case["image"].as_str().unwrap()), w, h).unwrap();
+    let mask = case["mask"]
+        .as_str()
+        .map(|m| load_mask(&images.join(m), w, h).unwrap().0);
+    Request {
+        prompt: case["prompt"].as_str().unwrap().into(),
+        negative_prompt: None,
+        steps: case["steps"].as_u64().unwrap() as usize,
+        guidance: case["guidance"].as_f64().unwrap() as f32,
+        scheduler: SchedulerKind::from_name(case["scheduler"].as_str().unwrap()).unwrap(),
+        karras: false,
+        seed: case["seed"].as_u64().unwrap(),
+        rng: RngKind::Torch,
+        width: w,
+        height: h,
+        batch: case["batch"].as_u64().unwrap() as usize,
+        init: Some(Init {
+            image,
+            mask,
+            strength: case["strength"].as_f64().unwrap(),
+        }),
+    }
+}
+
+#[test]
+fn img2img_and_inpainting_match_diffusers() {
+    let refs = Path::new("tests/fixtures/img2img");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(refs.join("cases.json")).unwrap()).unwrap();
+    let runtime =
+        Runtime::load(None).expect("ONNX Runtime (run scripts/test, which sets ORT_DYLIB_PATH)");
+    let mut plain = Pipeline::load(
+        &runtime,
+        ModelProfile::load(Path::new("onnx/sd-tiny-optimum")).unwrap(),
+    )
+    .unwrap();
+    let mut inpaint = Pipeline::load(
+        &runtime,
+        ModelProfile::load(Path::new("onnx/sd-tiny-inpaint-optimum")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(plain.unet_in_channels(), 4);
+    assert_eq!(inpaint.unet_in_channels(), 9);
+    let (mut report, mut failures) = (Vec::new(), Vec::new());
+    for case in doc["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let pipe = if case["model"] == "sd-tiny-inpaint" {
+            &mut inpaint
+        } else {
+            &mut plain
+        };
+        let out = pipe.generate(&request(case), &mut |_| {}).unwrap();
+        let want_lat: Vec<f32> = std::fs::read(refs.join(format!("{name}.latents.bin")))
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let lat = out
+            .latents
+            .iter()
+            .zip(&want_lat)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        if out.latents.len() != want_lat.len() || lat > 2e-3 {
+            failures.push(format!("{name}: latents differ by {lat}"));
+        }
+        for (img, file) in out.images.iter().zip(case["files"].as_array().unwrap()) {
+            let want = read_png(&refs.join(file.as_str().unwrap()));
+            let d: Vec<f64> = img
+                .pixels
+                .iter()
+                .zip(&want)
+                .map(|(&a, &b)| (a as f64 - b as f64).abs())
+                .collect();
+            let (mean, max) = (
+                d.iter().sum::<f64>() / d.len() as f64,
+                d.iter().copied().fold(0.0, f64::max),
+            );
+            report.push(format!(
+                "{name} {file}: mean {mean:.4} max {max} latents {lat:.2e}"
+            ));
+            if img.pixels.len() != want.len() || mean > 1.0 || max > 8.0 {
+                failures.push(format!("{name} {file}: mean {mean:.3} max {max}"));
+            }
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The convert-script exports sample inside the encoder graph: they run (and the 9-channel UNet is
+/// recognised from `conv_in`'s weight shape, its `sample` channels being symbolic) but cannot match.
+#[test]
+fn convert_layouts_run_img2img_and_inpainting() {
+    let runtime = Runtime::load(None).expect("ONNX Runtime");
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/img2img/cases.json").unwrap(),
+    )
+    .unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    for (dir, mode) in [
+        ("onnx/sd-tiny-convert", "img2img"),
+        ("onnx/sd-tiny-inpaint-convert", "inpaint9"),
+    ] {
+        let profile = ModelProfile::load(Path::new(dir)).unwrap();
+        assert!(
+            profile.unet_in_channels.is_none(),
+            "{dir} has no unet config: detection must use the graph"
+        );
+        let mut pipe = Pipeline::load(&runtime, profile).unwrap();
+        let case = cases.iter().find(|c| c["mode"] == mode).unwrap();
+        let out = pipe.generate(&request(case), &mut |_| {}).unwrap();
+        assert_eq!(out.images.len(), 1);
+        assert_eq!(
+            pipe.encoder_output(),
+            Some(sd_onnx::graphs::EncoderOutput::Sample)
+        );
+    }
+}
