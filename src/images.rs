@@ -117,4 +117,23 @@ mod tests {
         assert_eq!(target_size(&p, None, None, 1).unwrap(), (2, 1));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn jpeg_and_webp_inputs_load_and_sizes_round_down() {
+        let dir = std::env::temp_dir().join(format!("sdonnx-fmt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = image::RgbImage::from_fn(21, 13, |x, y| {
+            image::Rgb([(x * 10) as u8, (y * 15) as u8, 90])
+        });
+        for ext in ["jpg", "webp"] {
+            let p = dir.join(format!("a.{ext}"));
+            img.save(&p).unwrap();
+            // 21x13 rounds down to 16x8 with the VAE factor 8, and is resized to it.
+            assert_eq!(target_size(&p, None, None, 8).unwrap(), (16, 8), "{ext}");
+            let t = load_image(&p, 16, 8).unwrap();
+            assert_eq!(t.shape(), &[1, 3, 8, 16]);
+            assert!(t.iter().all(|v| (-1.0..=1.0).contains(v)));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
