@@ -12,6 +12,7 @@ Needs only onnx and onnxruntime (no torch). Run from the repo root: python scrip
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -68,6 +69,29 @@ def main():
         onnx.checker.check_model(path.as_posix())
     size = sum(f.stat().st_size for f in DST.rglob("*") if f.is_file())
     print(f"{DST.relative_to(ROOT)}: {size / 1e6:.1f} MB")
+    overflowing_vae()
+
+
+def overflowing_vae():
+    """tests/fixtures/nan-vae/vae_decoder/model.onnx: the fp16 VAE decoder with its output multiplied by
+    65504 twice, so that it overflows to inf as SD's fp16 VAE does on some latents. Tests swap it into a copy
+    of sd-tiny-fp16 to exercise the NaN/inf detection and the fp32 retry."""
+    from onnx import numpy_helper
+
+    m = onnx.load((DST / "vae_decoder" / "model.onnx").as_posix())
+    g = m.graph
+    out = g.output[0].name
+    for n in g.node:
+        n.output[:] = [out + "_pre" if x == out else x for x in n.output]
+    big = numpy_helper.from_array(np.array(65504.0, dtype=np.float16), "overflow_scale")
+    g.initializer.append(big)
+    g.node.append(helper.make_node("Mul", [out + "_pre", "overflow_scale"], [out + "_mid"], name="overflow1"))
+    g.node.append(helper.make_node("Mul", [out + "_mid", "overflow_scale"], [out], name="overflow2"))
+    dst = ROOT / "tests" / "fixtures" / "nan-vae" / "vae_decoder"
+    dst.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(m, (dst / "model.onnx").as_posix())
+    onnx.checker.check_model((dst / "model.onnx").as_posix())
+    print(f"{dst.relative_to(ROOT)}/model.onnx")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@
 use crate::error::{Error, Result};
 use crate::graphs::{Graph, Port};
 use crate::output::{a1111_parameters, write_png};
-use crate::pipeline::{Init, Pipeline, Progress, Request};
+use crate::pipeline::{Init, MemoryMode, Pipeline, Progress, Request};
 use crate::profile::ModelProfile;
 use crate::rng::RngKind;
-use crate::runtime::Runtime;
+use crate::runtime::{
+    Provider, ProviderChoice, Runtime, RuntimeConfig, ShapeProfile, default_cache_dir,
+};
 use crate::schedulers::SchedulerKind;
 use crate::tokenizer::ClipTokenizer;
 use clap::{Args, Parser, Subcommand};
@@ -63,6 +65,9 @@ pub struct BenchArgs {
     pub scheduler: Option<String>,
     #[arg(long)]
     pub json: bool,
+    /// Measure with --low-memory's policy (sessions created per phase and dropped).
+    #[arg(long)]
+    pub low_memory: bool,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -72,6 +77,121 @@ pub struct RuntimeArgs {
     /// ONNX Runtime shared library (else ORT_DYLIB_PATH, else one next to the executable).
     #[arg(long, value_name = "PATH", global = true)]
     pub ort_lib: Option<PathBuf>,
+    /// Execution provider: cpu, cuda, tensorrt, directml, coreml.
+    #[arg(long, default_value = "cpu")]
+    pub ep: String,
+    #[arg(long, default_value_t = 0)]
+    pub device_id: i32,
+    /// Provider option passed as-is, e.g. `--ep-option cudnn_conv_algo_search=HEURISTIC` (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub ep_option: Vec<String>,
+    /// Provider for one component, e.g. `--component-ep vae_decoder=cpu` (repeatable).
+    #[arg(long, value_name = "COMPONENT=EP")]
+    pub component_ep: Vec<String>,
+    /// TensorRT: build fp16 engines.
+    #[arg(long)]
+    pub trt_fp16: bool,
+    /// Cache for optimised graphs and TensorRT engines (default: $SD_ONNX_CACHE, $XDG_CACHE_HOME/sd-onnx
+    /// or ~/.cache/sd-onnx).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Optimise graphs at every start instead of loading the cached optimised graph.
+    #[arg(long)]
+    pub no_graph_cache: bool,
+    /// Intra-op threads (default: physical cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+const COMPONENTS: [&str; 4] = ["text_encoder", "unet", "vae_decoder", "vae_encoder"];
+
+fn split_kv<'a>(flag: &str, s: &'a str) -> Result<(&'a str, &'a str)> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| Error::Usage(format!("{flag} {s}: expected KEY=VALUE")))
+}
+
+/// The session configuration the flags describe; `shapes` (width, height, batch, guided) set TensorRT's
+/// optimisation profiles for that request.
+fn runtime_config(
+    a: &RuntimeArgs,
+    profile: &ModelProfile,
+    shapes: Option<(usize, usize, usize, bool)>,
+) -> Result<RuntimeConfig> {
+    let options = a
+        .ep_option
+        .iter()
+        .map(|o| split_kv("--ep-option", o).map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    let providers = ProviderChoice {
+        provider: Provider::parse(&a.ep)?,
+        device_id: a.device_id,
+        options,
+    };
+    let mut per_component = std::collections::HashMap::new();
+    for spec in &a.component_ep {
+        let (name, ep) = split_kv("--component-ep", spec)?;
+        if !COMPONENTS.contains(&name) {
+            return Err(Error::Usage(format!(
+                "--component-ep {spec}: component is one of {}",
+                COMPONENTS.join(", ")
+            )));
+        }
+        let provider = Provider::parse(ep)?;
+        let options = if provider == providers.provider {
+            providers.options.clone()
+        } else {
+            Vec::new()
+        };
+        per_component.insert(
+            name.to_string(),
+            ProviderChoice {
+                provider,
+                device_id: a.device_id,
+                options,
+            },
+        );
+    }
+    let mut trt_profiles = std::collections::HashMap::new();
+    if let Some((w, h, b, guided)) = shapes {
+        let f = profile.vae_factor.value;
+        let (lh, lw) = (h / f, w / f);
+        let unet_b = if guided { 2 * b } else { b };
+        let ch = profile.unet_in_channels.unwrap_or(4);
+        let width = profile
+            .text_encoder
+            .config
+            .as_ref()
+            .and_then(|c| c["hidden_size"].as_u64());
+        let same = |s: String| ShapeProfile {
+            min: s.clone(),
+            opt: s.clone(),
+            max: s,
+        };
+        trt_profiles.insert("text_encoder".into(), same("input_ids:1x77".into()));
+        if let Some(d) = width {
+            trt_profiles.insert(
+                "unet".into(),
+                same(format!(
+                    "sample:{unet_b}x{ch}x{lh}x{lw},encoder_hidden_states:{unet_b}x77x{d}"
+                )),
+            );
+        }
+        trt_profiles.insert(
+            "vae_decoder".into(),
+            same(format!("latent_sample:1x4x{lh}x{lw}")),
+        );
+        trt_profiles.insert("vae_encoder".into(), same(format!("sample:1x3x{h}x{w}")));
+    }
+    Ok(RuntimeConfig {
+        providers,
+        per_component,
+        trt_fp16: a.trt_fp16,
+        cache_dir: a.cache_dir.clone().or_else(default_cache_dir),
+        trt_profiles,
+        graph_cache: !a.no_graph_cache,
+        threads: a.threads,
+    })
 }
 
 #[derive(Args, Debug)]
@@ -115,6 +235,9 @@ pub struct Txt2ImgArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Create each graph's session only while it is needed (lower peak memory, slower).
+    #[arg(long)]
+    pub low_memory: bool,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -146,8 +269,11 @@ pub struct InpaintArgs {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "providers")]
+    pub model: Option<PathBuf>,
+    /// List the execution providers the loaded ONNX Runtime library offers.
+    #[arg(long)]
+    pub providers: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -316,9 +442,38 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     // Fail on bad sizes or a scheduler config we cannot honour before any graph is loaded.
     req.check(&profile)?;
 
-    let runtime = Runtime::load(a.runtime.ort_lib.as_deref())?;
+    let config = runtime_config(
+        &a.runtime,
+        &profile,
+        Some((req.width, req.height, req.batch, req.guidance > 1.0)),
+    )?;
+    let uses_trt = config.providers.provider == Provider::TensorRt
+        || config
+            .per_component
+            .values()
+            .any(|c| c.provider == Provider::TensorRt);
+    let runtime = Runtime::load_with(a.runtime.ort_lib.as_deref(), config)?;
+    if uses_trt && !a.quiet {
+        eprintln!(
+            "note: TensorRT builds an engine for {}x{} batch {} on first use; that takes minutes; engines are cached in {}",
+            req.width,
+            req.height,
+            req.batch,
+            runtime
+                .config
+                .cache_dir
+                .as_ref()
+                .map(|d| d.join("tensorrt").display().to_string())
+                .unwrap_or_else(|| "(no cache dir)".into())
+        );
+    }
     let model_name = profile.name();
-    let mut pipeline = Pipeline::load(&runtime, profile)?;
+    let memory = if a.low_memory {
+        MemoryMode::Low
+    } else {
+        MemoryMode::ReleaseTextEncoder
+    };
+    let mut pipeline = Pipeline::with_memory(&runtime, profile, memory)?;
     let show = !a.quiet && std::io::stderr().is_terminal();
     let bar = if show {
         let b = indicatif::ProgressBar::new(0);
@@ -376,9 +531,31 @@ fn port_json(p: &Port) -> serde_json::Value {
 }
 
 fn inspect(a: InspectArgs) -> Result<()> {
-    let profile = ModelProfile::load(&a.model)?;
+    if a.providers {
+        let runtime = Runtime::load_with(a.runtime.ort_lib.as_deref(), RuntimeConfig::default())?;
+        let list = runtime.available_providers()?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"library": runtime.library.path, "version": runtime.version, "providers": list})
+            );
+        } else {
+            println!(
+                "ONNX Runtime {} at {}",
+                runtime.version,
+                runtime.library.path.display()
+            );
+            for p in list {
+                println!("  {p}");
+            }
+        }
+        return Ok(());
+    }
+    let model = a.model.clone().unwrap_or_default();
+    let profile = ModelProfile::load(&model)?;
     let tok = ClipTokenizer::from_dir(&profile.tokenizer_dir);
-    let runtime = Runtime::load(a.runtime.ort_lib.as_deref());
+    let runtime = runtime_config(&a.runtime, &profile, None)
+        .and_then(|c| Runtime::load_with(a.runtime.ort_lib.as_deref(), c));
     let mut problems = profile.problems.clone();
     let mut components = Vec::new();
     let mut comps = vec![&profile.text_encoder, &profile.unet, &profile.vae_decoder];
@@ -589,9 +766,21 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     req.check(&profile)?;
     let config = profile.scheduler_config.clone();
-    let runtime = Runtime::load(a.runtime.ort_lib.as_deref())?;
+    let runtime = Runtime::load_with(
+        a.runtime.ort_lib.as_deref(),
+        runtime_config(
+            &a.runtime,
+            &profile,
+            Some((req.width, req.height, 1, req.guidance > 1.0)),
+        )?,
+    )?;
     let t_load = Instant::now();
-    let mut pipeline = Pipeline::load(&runtime, profile)?;
+    let memory = if a.low_memory {
+        MemoryMode::Low
+    } else {
+        MemoryMode::KeepAll
+    };
+    let mut pipeline = Pipeline::with_memory(&runtime, profile, memory)?;
     let session_creation = t_load.elapsed();
     let first_image = start.elapsed();
     // One warm-up run, then the timed ones.

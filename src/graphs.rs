@@ -87,7 +87,7 @@ pub struct Graph {
 
 impl Graph {
     pub fn load(runtime: &Runtime, component: &Component) -> Result<Self> {
-        let session = runtime.session(&component.graph)?;
+        let session = runtime.session(component)?;
         let inputs = session
             .inputs()
             .iter()
@@ -351,6 +351,14 @@ impl VaeDecoder {
         graph.input("latent_sample")?;
         let out = graph.output_name("sample")?;
         Ok(VaeDecoder { graph, out })
+    }
+
+    /// True when the graph takes float16 latents.
+    pub fn is_fp16(&self) -> bool {
+        self.graph
+            .inputs
+            .iter()
+            .any(|p| p.name == "latent_sample" && p.dtype == Some(TensorElementType::Float16))
     }
 
     /// Decode one latent (1, C, h, w) to an image tensor (1, 3, H, W) in [-1, 1].

@@ -157,55 +157,160 @@ pub enum Progress {
     Decoding,
 }
 
-pub struct Pipeline {
+/// When graphs are loaded and dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MemoryMode {
+    /// Keep every session (for reuse across many generations: servers, `bench`).
+    #[default]
+    KeepAll,
+    /// Drop the text encoder once the embeddings exist (the CLI's default for one run).
+    ReleaseTextEncoder,
+    /// Create each session only while it is needed, and drop it after (`--low-memory`).
+    Low,
+}
+
+pub struct Pipeline<'r> {
     pub profile: ModelProfile,
+    runtime: &'r Runtime,
+    memory: MemoryMode,
     tokenizer: ClipTokenizer,
-    text_encoder: TextEncoder,
-    unet: Unet,
-    vae_decoder: VaeDecoder,
+    text_encoder: Option<TextEncoder>,
+    unet: Option<Unet>,
+    vae_decoder: Option<VaeDecoder>,
     vae_encoder: Option<VaeEncoder>,
     latent_channels: usize,
     /// 4, or 9 for inpainting UNets (latents + mask + masked-image latents).
     unet_in_channels: usize,
+    encoder_output: Option<EncoderOutput>,
 }
 
-/// An encoded image: sampled latents (already times the VAE scaling factor).
 fn concat4(parts: &[&Latents]) -> Result<Latents> {
     let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
     concatenate(Axis(0), &views).map_err(|e| Error::Usage(e.to_string()))
 }
 
-impl Pipeline {
-    pub fn load(runtime: &Runtime, profile: ModelProfile) -> Result<Self> {
+impl<'r> Pipeline<'r> {
+    /// Load every graph now and keep it.
+    pub fn load(runtime: &'r Runtime, profile: ModelProfile) -> Result<Self> {
+        Self::with_memory(runtime, profile, MemoryMode::KeepAll)
+    }
+
+    pub fn with_memory(
+        runtime: &'r Runtime,
+        profile: ModelProfile,
+        memory: MemoryMode,
+    ) -> Result<Self> {
         let tokenizer = ClipTokenizer::from_dir(&profile.tokenizer_dir)?;
-        let text_encoder = TextEncoder::load(runtime, &profile.text_encoder)?;
-        let unet = Unet::load(runtime, &profile.unet)?;
-        let vae_decoder = VaeDecoder::load(runtime, &profile.vae_decoder)?;
-        let vae_encoder = profile
-            .vae_encoder
-            .as_ref()
-            .map(|c| VaeEncoder::load(runtime, c))
-            .transpose()?;
-        let latent_channels = profile
-            .latent_channels
-            .as_ref()
-            .map(|c| c.value)
-            .or_else(|| unet.declared_channels())
-            .unwrap_or(4);
-        let unet_in_channels = profile
+        let mut p = Pipeline {
+            runtime,
+            memory,
+            tokenizer,
+            text_encoder: None,
+            unet: None,
+            vae_decoder: None,
+            vae_encoder: None,
+            latent_channels: profile
+                .latent_channels
+                .as_ref()
+                .map(|c| c.value)
+                .unwrap_or(4),
+            unet_in_channels: 0,
+            encoder_output: None,
+            profile,
+        };
+        if memory == MemoryMode::Low {
+            // No sessions yet: what the UNet takes is read from its config or its graph file.
+            p.unet_in_channels = p
+                .profile
+                .unet_in_channels
+                .or_else(|| {
+                    std::fs::read(&p.profile.unet.graph)
+                        .ok()
+                        .and_then(|b| crate::onnx_proto::input_conv_channels(&b, "sample"))
+                })
+                .unwrap_or(p.latent_channels);
+            return Ok(p);
+        }
+        p.text_encoder = Some(TextEncoder::load(runtime, &p.profile.text_encoder)?);
+        let unet = Unet::load(runtime, &p.profile.unet)?;
+        if p.profile.latent_channels.is_none() {
+            p.latent_channels = unet.declared_channels().unwrap_or(4);
+        }
+        p.unet_in_channels = p
+            .profile
             .unet_in_channels
             .or_else(|| unet.input_channels())
-            .unwrap_or(latent_channels);
-        Ok(Pipeline {
-            profile,
-            tokenizer,
-            text_encoder,
-            unet,
-            vae_decoder,
-            vae_encoder,
-            latent_channels,
-            unet_in_channels,
-        })
+            .unwrap_or(p.latent_channels);
+        p.unet = Some(unet);
+        p.vae_decoder = Some(VaeDecoder::load(runtime, &p.profile.vae_decoder)?);
+        if let Some(c) = &p.profile.vae_encoder {
+            let e = VaeEncoder::load(runtime, c)?;
+            p.encoder_output = Some(e.output);
+            p.vae_encoder = Some(e);
+        }
+        Ok(p)
+    }
+
+    fn text_encoder(&mut self) -> Result<&mut TextEncoder> {
+        if self.text_encoder.is_none() {
+            self.text_encoder = Some(TextEncoder::load(self.runtime, &self.profile.text_encoder)?);
+        }
+        self.text_encoder
+            .as_mut()
+            .ok_or_else(|| Error::Usage("text encoder unavailable".into()))
+    }
+
+    fn unet(&mut self) -> Result<&mut Unet> {
+        if self.unet.is_none() {
+            self.unet = Some(Unet::load(self.runtime, &self.profile.unet)?);
+        }
+        self.unet
+            .as_mut()
+            .ok_or_else(|| Error::Usage("UNet unavailable".into()))
+    }
+
+    /// NaN/inf out of the VAE decoder: the classic fp16 overflow of SD's VAE. Decode again with an fp32
+    /// decoder kept in `vae_decoder_fp32/` when the folder has one; otherwise fail, saying how to fix it.
+    fn decode_fp32_fallback(
+        &mut self,
+        latent: &Latents,
+        index: usize,
+        warnings: &mut Vec<String>,
+    ) -> Result<Array4<f32>> {
+        let fp16 = self.vae_decoder.as_ref().is_some_and(|d| d.is_fp16());
+        let graph = self.profile.vae_decoder.graph.clone();
+        match (&self.profile.vae_decoder_fp32, fp16) {
+            (Some(c), true) => {
+                let mut fallback = VaeDecoder::load(self.runtime, c)?;
+                let decoded = fallback.decode(latent)?;
+                if decoded.iter().any(|v| !v.is_finite()) {
+                    return Err(Error::model(
+                        &c.graph,
+                        "produced NaN/inf too: the latents themselves are not finite",
+                    ));
+                }
+                warnings.push(format!(
+                    "image {index}: the float16 VAE decoder overflowed (NaN/inf); decoded again with {}",
+                    c.graph.display()
+                ));
+                Ok(decoded)
+            }
+            (None, true) => Err(Error::model(
+                graph,
+                "produced NaN/inf: SD's VAE overflows in float16. Put an fp32 VAE decoder in vae_decoder_fp32/ \
+                 (scripts/optimize_onnx.py keeps one), or export an fp16-safe VAE (e.g. madebyollin/sdxl-vae-fp16-fix)",
+            )),
+            (_, false) => Err(Error::model(graph, "produced NaN/inf from finite latents")),
+        }
+    }
+
+    fn vae_decoder(&mut self) -> Result<&mut VaeDecoder> {
+        if self.vae_decoder.is_none() {
+            self.vae_decoder = Some(VaeDecoder::load(self.runtime, &self.profile.vae_decoder)?);
+        }
+        self.vae_decoder
+            .as_mut()
+            .ok_or_else(|| Error::Usage("VAE decoder unavailable".into()))
     }
 
     pub fn tokenizer(&self) -> &ClipTokenizer {
@@ -217,8 +322,9 @@ impl Pipeline {
         self.unet_in_channels
     }
 
+    /// What the VAE encoder returns (known once it has been loaded).
     pub fn encoder_output(&self) -> Option<EncoderOutput> {
-        self.vae_encoder.as_ref().map(|e| e.output)
+        self.encoder_output
     }
 
     fn embed(&mut self, text: &str, warnings: &mut Vec<String>) -> Result<Array3<f32>> {
@@ -228,7 +334,7 @@ impl Pipeline {
                 "prompt longer than 77 CLIP tokens; this part was cut: \"{cut}\""
             ));
         }
-        self.text_encoder.encode(&enc.ids)
+        self.text_encoder()?.encode(&enc.ids)
     }
 
     /// `retrieve_latents(vae.encode(image), generator) * scaling_factor`: the latent distribution sampled
@@ -236,12 +342,21 @@ impl Pipeline {
     fn encode(&mut self, image: &Array4<f32>, noise: &mut dyn NoiseSource) -> Result<Latents> {
         let c = self.latent_channels;
         let scale = self.profile.vae_scaling_factor.value;
-        let encoder = self.vae_encoder.as_mut().ok_or_else(|| {
-            Error::model(
-                &self.profile.dir,
-                "has no vae_encoder: img2img and inpainting need one (export the pipeline with its VAE encoder)",
-            )
-        })?;
+        if self.vae_encoder.is_none() {
+            let c = self.profile.vae_encoder.as_ref().ok_or_else(|| {
+                Error::model(
+                    &self.profile.dir,
+                    "has no vae_encoder: img2img and inpainting need one (export the pipeline with its VAE encoder)",
+                )
+            })?;
+            let e = VaeEncoder::load(self.runtime, c)?;
+            self.encoder_output = Some(e.output);
+            self.vae_encoder = Some(e);
+        }
+        let encoder = self
+            .vae_encoder
+            .as_mut()
+            .ok_or_else(|| Error::Usage("VAE encoder unavailable".into()))?;
         let out = encoder.encode(image)?;
         let mut latents = if out.shape()[1] == 2 * c {
             let mean = out.slice(s![.., ..c, .., ..]).to_owned();
@@ -330,6 +445,9 @@ impl Pipeline {
             repeat(&cond)?
         };
         timings.text = started.elapsed();
+        if self.memory != MemoryMode::KeepAll {
+            self.text_encoder = None;
+        }
 
         // 2. Initial latents, drawing from the generator in diffusers' order.
         let shape = (
@@ -412,6 +530,10 @@ impl Pipeline {
             }
         };
 
+        if self.memory == MemoryMode::Low {
+            self.vae_encoder = None;
+        }
+
         // 3. Denoise over the remaining schedule.
         let g = req.guidance;
         for i in begin..timesteps.len() {
@@ -429,7 +551,7 @@ impl Pipeline {
                 input = concatenate(Axis(1), &[input.view(), m.view(), mi.view()])
                     .map_err(|e| Error::Usage(e.to_string()))?;
             }
-            let out = self.unet.run(&input, t, &context)?;
+            let out = self.unet()?.run(&input, t, &context)?;
             let t3 = Instant::now();
             let noise_pred = if guided {
                 let b = req.batch;
@@ -472,6 +594,10 @@ impl Pipeline {
             });
         }
 
+        if self.memory == MemoryMode::Low {
+            self.unet = None;
+        }
+
         // 4. Decode one image at a time.
         progress(Progress::Decoding);
         let decode_start = Instant::now();
@@ -480,10 +606,16 @@ impl Pipeline {
         for b in 0..req.batch {
             let mut one = latents.slice(s![b..b + 1, .., .., ..]).to_owned();
             one.mapv_inplace(|v| v / scale);
-            let decoded = self.vae_decoder.decode(&one)?;
+            let mut decoded = self.vae_decoder()?.decode(&one)?;
+            if decoded.iter().any(|v| !v.is_finite()) {
+                decoded = self.decode_fp32_fallback(&one, b, &mut warnings)?;
+            }
             images.push(to_rgb(&decoded));
         }
         timings.decode = decode_start.elapsed();
+        if self.memory == MemoryMode::Low {
+            self.vae_decoder = None;
+        }
         Ok(Generated {
             images,
             latents,

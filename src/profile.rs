@@ -53,6 +53,8 @@ pub struct ModelProfile {
     pub unet: Component,
     pub vae_decoder: Component,
     pub vae_encoder: Option<Component>,
+    /// An fp32 VAE decoder kept beside an fp16 one (`vae_decoder_fp32/`), used when fp16 overflows.
+    pub vae_decoder_fp32: Option<Component>,
     pub tokenizer_dir: PathBuf,
     pub scheduler_config: SchedulerConfig,
     /// The scheduler class the folder names, if we port it.
@@ -139,6 +141,7 @@ impl ModelProfile {
         let unet = required(dir, "unet")?;
         let vae_decoder = required(dir, "vae_decoder")?;
         let vae_encoder = component(dir, "vae_encoder")?;
+        let vae_decoder_fp32 = component(dir, "vae_decoder_fp32")?;
         let tokenizer_dir = dir.join("tokenizer");
         if !tokenizer_dir.is_dir() {
             return Err(Error::model(
@@ -246,6 +249,7 @@ impl ModelProfile {
             unet,
             vae_decoder,
             vae_encoder,
+            vae_decoder_fp32,
             tokenizer_dir,
             scheduler_config,
             default_scheduler,

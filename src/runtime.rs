@@ -1,11 +1,158 @@
-//! ONNX Runtime: finding and loading the shared library, and creating sessions. This is the only module
-//! that names execution providers (today: the CPU provider, which needs no registration).
+//! ONNX Runtime: finding and loading the shared library, choosing execution providers, and creating sessions.
+//! This is the only module that names execution providers.
 
 use crate::error::{Error, Result};
+use crate::profile::Component;
 use ort::environment::Environment;
+use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ExecutionProviderDispatch};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+/// An execution provider, by the name `--ep` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    Cpu,
+    Cuda,
+    TensorRt,
+    DirectMl,
+    CoreMl,
+}
+
+impl Provider {
+    pub const NAMES: &'static str = "cpu, cuda, tensorrt, directml, coreml";
+
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "cpu" => Provider::Cpu,
+            "cuda" => Provider::Cuda,
+            "tensorrt" | "trt" => Provider::TensorRt,
+            "directml" | "dml" => Provider::DirectMl,
+            "coreml" => Provider::CoreMl,
+            other => {
+                return Err(Error::Usage(format!(
+                    "--ep {other}: choose one of {}",
+                    Self::NAMES
+                )));
+            }
+        })
+    }
+
+    /// ONNX Runtime's name for it (what `GetAvailableProviders` lists).
+    pub fn ort_name(self) -> &'static str {
+        match self {
+            Provider::Cpu => "CPUExecutionProvider",
+            Provider::Cuda => "CUDAExecutionProvider",
+            Provider::TensorRt => "TensorrtExecutionProvider",
+            Provider::DirectMl => "DmlExecutionProvider",
+            Provider::CoreMl => "CoreMLExecutionProvider",
+        }
+    }
+
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+            Provider::TensorRt => "tensorrt",
+            Provider::DirectMl => "directml",
+            Provider::CoreMl => "coreml",
+        }
+    }
+
+    fn package_hint(self) -> &'static str {
+        match self {
+            Provider::Cpu => "any onnxruntime build",
+            Provider::Cuda => {
+                "the onnxruntime-gpu wheel's library (with CUDA and cuDNN on the library path)"
+            }
+            Provider::TensorRt => {
+                "the onnxruntime-gpu wheel's library plus TensorRT's own libraries (libnvinfer)"
+            }
+            Provider::DirectMl => "the onnxruntime-directml wheel's onnxruntime.dll (Windows)",
+            Provider::CoreMl => "the macOS onnxruntime wheel's library",
+        }
+    }
+}
+
+/// One provider with its device and options.
+#[derive(Clone, Debug)]
+pub struct ProviderChoice {
+    pub provider: Provider,
+    pub device_id: i32,
+    /// Passed to the provider as-is (`--ep-option KEY=VALUE`).
+    pub options: Vec<(String, String)>,
+}
+
+impl Default for ProviderChoice {
+    fn default() -> Self {
+        ProviderChoice {
+            provider: Provider::Cpu,
+            device_id: 0,
+            options: Vec::new(),
+        }
+    }
+}
+
+/// TensorRT shape profiles for one graph: `name:dim1xdim2,...` strings for min, opt and max.
+#[derive(Clone, Debug)]
+pub struct ShapeProfile {
+    pub min: String,
+    pub opt: String,
+    pub max: String,
+}
+
+/// How sessions are created: providers (one default, per-component overrides), TensorRT settings, caches.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeConfig {
+    pub providers: ProviderChoice,
+    /// Component name (`unet`, `vae_decoder`, ...) -> provider, overriding `providers`.
+    pub per_component: HashMap<String, ProviderChoice>,
+    pub trt_fp16: bool,
+    /// Where TensorRT engines, timing caches and optimised CPU graphs are kept.
+    pub cache_dir: Option<PathBuf>,
+    /// Component name -> TensorRT profile shapes derived from the requested size and batch.
+    pub trt_profiles: HashMap<String, ShapeProfile>,
+    /// Write each optimised graph once and load it afterwards (`--no-graph-cache` turns this off).
+    pub graph_cache: bool,
+    /// Intra-op threads; `None`: physical cores.
+    pub threads: Option<usize>,
+}
+
+/// The cache folder: `$SD_ONNX_CACHE`, else `$XDG_CACHE_HOME/sd-onnx`, else `~/.cache/sd-onnx`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("SD_ONNX_CACHE").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(d).join("sd-onnx"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("sd-onnx"))
+}
+
+/// Physical cores (Linux: distinct (package, core) pairs), else what std reports.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut seen = std::collections::HashSet::new();
+    for cpu in 0..logical.max(1) * 2 {
+        let base = format!("/sys/devices/system/cpu/cpu{cpu}/topology");
+        let read = |f: &str| {
+            std::fs::read_to_string(format!("{base}/{f}"))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        if let (Some(pkg), Some(core)) = (read("physical_package_id"), read("core_id")) {
+            seen.insert((pkg, core));
+        }
+    }
+    if seen.is_empty() {
+        logical
+    } else {
+        seen.len().min(logical)
+    }
+}
 
 /// The oldest ONNX Runtime the binary can load (ort's `api-17` baseline).
 pub const MIN_ORT_MINOR: u32 = 17;
@@ -83,11 +230,23 @@ pub struct Runtime {
     env: Environment,
     pub library: LibraryChoice,
     pub version: String,
-    threads: usize,
+    pub threads: usize,
+    pub config: RuntimeConfig,
 }
 
 impl Runtime {
+    /// Load the library with the default configuration (CPU, graph cache on).
     pub fn load(flag: Option<&Path>) -> Result<Self> {
+        Self::load_with(
+            flag,
+            RuntimeConfig {
+                graph_cache: true,
+                ..RuntimeConfig::default()
+            },
+        )
+    }
+
+    pub fn load_with(flag: Option<&Path>, config: RuntimeConfig) -> Result<Self> {
         let library = resolve_library(flag)?;
         let version = library_version(&library.path)?;
         let builder = ort::init_from(&library.path).map_err(|e| {
@@ -100,30 +259,247 @@ impl Runtime {
             .with_name("sd-onnx")
             .build()
             .map_err(|e| Error::Runtime(format!("{}: {e}", library.path.display())))?;
-        // ONNX Runtime's intra-op pool runs best on physical cores; std gives logical ones, so take it as
-        // an upper bound (ORT's own default does the same).
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        Ok(Runtime {
+        // ONNX Runtime's intra-op pool runs best on physical cores (hyper-threads share the FMA units).
+        let threads = config.threads.unwrap_or_else(physical_cores);
+        let rt = Runtime {
             env,
             library,
             version,
             threads,
-        })
+            config,
+        };
+        // Every provider asked for must exist in this library: say so now, not after the text encoder ran.
+        let mut wanted = vec![rt.config.providers.provider];
+        wanted.extend(rt.config.per_component.values().map(|c| c.provider));
+        let available = rt.available_providers()?;
+        for p in wanted {
+            if !available.iter().any(|a| a == p.ort_name()) {
+                return Err(Error::Runtime(format!(
+                    "--ep {}: the ONNX Runtime library at {} has no {} (it offers: {}); use {}",
+                    p.cli_name(),
+                    rt.library.path.display(),
+                    p.ort_name(),
+                    available.join(", "),
+                    p.package_hint()
+                )));
+            }
+        }
+        Ok(rt)
     }
 
-    /// A CPU session for one graph. External data files are found by ORT next to the graph.
-    pub fn session(&self, graph: &Path) -> Result<Session> {
+    /// What the loaded library was built with (`onnxruntime.get_available_providers()`).
+    pub fn available_providers(&self) -> Result<Vec<String>> {
+        let api = ort::api();
+        let mut list: *mut *mut std::ffi::c_char = std::ptr::null_mut();
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: the API fills `list` with `n` C strings that we release below with the matching call.
+        let status = unsafe { (api.GetAvailableProviders)(&mut list, &mut n) };
+        if !status.0.is_null() {
+            return Err(Error::Runtime("GetAvailableProviders failed".into()));
+        }
+        let mut out = Vec::new();
+        for i in 0..n.max(0) as usize {
+            // SAFETY: i < n entries, each a NUL-terminated string owned by ONNX Runtime.
+            let s = unsafe { std::ffi::CStr::from_ptr(*list.add(i)) };
+            out.push(s.to_string_lossy().into_owned());
+        }
+        // SAFETY: releasing exactly what GetAvailableProviders returned.
+        unsafe {
+            let _ = (api.ReleaseAvailableProviders)(list, n);
+        }
+        Ok(out)
+    }
+
+    fn choice_for(&self, component: &str) -> &ProviderChoice {
+        self.config
+            .per_component
+            .get(component)
+            .unwrap_or(&self.config.providers)
+    }
+
+    fn dispatch(
+        &self,
+        component: &str,
+        choice: &ProviderChoice,
+    ) -> Result<Option<ExecutionProviderDispatch>> {
+        for (k, v) in &choice.options {
+            if k.contains('\0') || v.contains('\0') {
+                return Err(Error::Usage(format!(
+                    "--ep-option {k}: contains a NUL byte"
+                )));
+            }
+        }
+        let dispatch = match choice.provider {
+            Provider::Cpu => None,
+            Provider::Cuda => {
+                let mut c = ep::CUDA::default().with_device_id(choice.device_id);
+                for (k, v) in &choice.options {
+                    c = c.with_arbitrary_config(k, v);
+                }
+                Some(c.build())
+            }
+            Provider::TensorRt => {
+                let mut trt = ep::TensorRT::default()
+                    .with_device_id(choice.device_id)
+                    .with_fp16(self.config.trt_fp16);
+                if let Some(dir) = &self.config.cache_dir {
+                    let d = dir.join("tensorrt").to_string_lossy().into_owned();
+                    trt = trt
+                        .with_engine_cache(true)
+                        .with_engine_cache_path(&d)
+                        .with_timing_cache(true)
+                        .with_timing_cache_path(&d);
+                }
+                if let Some(p) = self.config.trt_profiles.get(component) {
+                    trt = trt
+                        .with_profile_min_shapes(&p.min)
+                        .with_profile_opt_shapes(&p.opt)
+                        .with_profile_max_shapes(&p.max);
+                }
+                for (k, v) in &choice.options {
+                    trt = trt.with_arbitrary_config(k, v);
+                }
+                Some(trt.build())
+            }
+            Provider::DirectMl => {
+                if !choice.options.is_empty() {
+                    return Err(Error::Usage(
+                        "--ep-option: DirectML takes no provider options".into(),
+                    ));
+                }
+                Some(
+                    ep::DirectML::default()
+                        .with_device_id(choice.device_id)
+                        .build(),
+                )
+            }
+            Provider::CoreMl => {
+                let mut c = ep::CoreML::default();
+                for (k, v) in &choice.options {
+                    c = c.with_arbitrary_config(k, v);
+                }
+                Some(c.build())
+            }
+        };
+        Ok(dispatch.map(|d| d.error_on_failure()))
+    }
+
+    /// A session for one component, on the provider chosen for it. Registration failures are errors (never a
+    /// silent CPU fallback). With the graph cache on, CPU sessions load a previously optimised graph.
+    pub fn session(&self, component: &Component) -> Result<Session> {
+        let graph = &component.graph;
         let context = graph.display().to_string();
-        Session::builder(&self.env)
-            .map_err(Error::ort(&context))?
-            .with_optimization_level(GraphOptimizationLevel::All)
+        let choice = self.choice_for(component.name).clone();
+        let mut builder = Session::builder(&self.env)
             .map_err(Error::ort(&context))?
             .with_intra_threads(self.threads)
-            .map_err(Error::ort(&context))?
-            .commit_from_file(graph)
-            .map_err(Error::ort(&context))
+            .map_err(Error::ort(&context))?;
+        if let Some(d) = self.dispatch(component.name, &choice)? {
+            builder = builder.with_execution_providers([d]).map_err(|e| {
+                Error::Runtime(format!(
+                    "{}: --ep {} could not be registered for {}: {e}",
+                    context,
+                    choice.provider.cli_name(),
+                    component.name
+                ))
+            })?;
+        }
+        let cached = if choice.provider == Provider::Cpu && self.config.graph_cache {
+            self.graph_cache_path(component)
+        } else {
+            None
+        };
+        match cached {
+            Some(path) if path.is_file() => builder
+                .with_optimization_level(GraphOptimizationLevel::Disable)
+                .map_err(Error::ort(&context))?
+                .commit_from_file(&path)
+                .map_err(Error::ort(path.display().to_string())),
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                // The graph is written under a temporary name and renamed into place last, so a run that
+                // dies midway leaves no entry that a later run would load. Large initializers go to a data
+                // file with its final name (the graph refers to it by that name).
+                let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+                let external = path
+                    .with_extension("data")
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let session = builder
+                    .with_optimization_level(GraphOptimizationLevel::All)
+                    .map_err(Error::ort(&context))?
+                    .with_config_entry(
+                        "session.optimized_model_external_initializers_file_name",
+                        &external,
+                    )
+                    .map_err(Error::ort(&context))?
+                    .with_config_entry(
+                        "session.optimized_model_external_initializers_min_size_in_bytes",
+                        "1024",
+                    )
+                    .map_err(Error::ort(&context))?
+                    .with_optimized_model_path(&tmp)
+                    .map_err(Error::ort(&context))?
+                    .commit_from_file(graph)
+                    .map_err(Error::ort(&context))?;
+                if std::fs::rename(&tmp, &path).is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                Ok(session)
+            }
+            None => builder
+                .with_optimization_level(GraphOptimizationLevel::All)
+                .map_err(Error::ort(&context))?
+                .commit_from_file(graph)
+                .map_err(Error::ort(&context)),
+        }
+    }
+
+    /// Where the optimised graph for `component` is cached: keyed by the graph's path, size and mtime, its
+    /// external data sizes, the ONNX Runtime version, the thread count and the CPU model, under
+    /// `cache_dir/graphs`. Delete that folder (or pass --no-graph-cache) to clear or bypass it.
+    pub fn graph_cache_path(&self, component: &Component) -> Option<PathBuf> {
+        let dir = self.config.cache_dir.as_ref()?.join("graphs");
+        let meta = std::fs::metadata(&component.graph).ok()?;
+        let mtime = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos();
+        let canon = std::fs::canonicalize(&component.graph).ok()?;
+        let mut external_sizes = 0u64;
+        for f in &component.external_data {
+            external_sizes =
+                external_sizes.wrapping_add(std::fs::metadata(f).map(|m| m.len()).unwrap_or(0));
+        }
+        // Optimised CPU graphs use layouts for this processor: key on its model name too.
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        let key = format!(
+            "{}|{}|{}|{}|{}|{}|{cpu}",
+            canon.display(),
+            meta.len(),
+            mtime,
+            external_sizes,
+            self.version,
+            self.threads
+        );
+        // FNV-1a: a stable name, not a security boundary.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Some(dir.join(format!("{}-{h:016x}.onnx", component.name)))
     }
 }
 

@@ -557,3 +557,119 @@ fn img2img_and_inpaint_inputs() {
     expect_usage(&o, "no denoising step");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// An fp16 VAE decoder that overflows (tests/fixtures/nan-vae, made by scripts/make_fp16_fixture.py) fails
+/// with a message naming the fix, and succeeds once the folder keeps an fp32 decoder in vae_decoder_fp32/.
+#[test]
+fn fp16_vae_overflow_is_caught_and_retried_in_fp32() {
+    let d = tmpdir("nanvae");
+    let model = d.join("m");
+    copy_dir(Path::new("onnx/sd-tiny-fp16"), &model);
+    std::fs::copy(
+        "tests/fixtures/nan-vae/vae_decoder/model.onnx",
+        model.join("vae_decoder/model.onnx"),
+    )
+    .unwrap();
+    let out = d.join("o.png");
+    let args = t2i(
+        model.to_str().unwrap(),
+        &["--seed", "1", "--output", out.to_str().unwrap()],
+    );
+    let o = run(&args);
+    expect_usage(&o, "vae_decoder_fp32");
+    assert!(!out.exists());
+    copy_dir(
+        Path::new("onnx/sd-tiny-optimum/vae_decoder"),
+        &model.join("vae_decoder_fp32"),
+    );
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("overflowed (NaN/inf); decoded again"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(out.is_file());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Providers: what the library offers is listed; one it lacks is an error naming it (no CPU fallback);
+/// bad provider flags are usage errors.
+#[test]
+fn execution_providers_are_explicit() {
+    let o = run(&["inspect", "--providers", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "CPUExecutionProvider")
+    );
+    expect_usage(
+        &run(&t2i(MODEL, &["--ep", "cuda"])),
+        "has no CUDAExecutionProvider",
+    );
+    expect_usage(
+        &run(&t2i(MODEL, &["--component-ep", "unet=tensorrt"])),
+        "has no TensorrtExecutionProvider",
+    );
+    expect_usage(&run(&t2i(MODEL, &["--ep", "gpu"])), "--ep gpu");
+    expect_usage(
+        &run(&t2i(MODEL, &["--component-ep", "vae=cpu"])),
+        "component is one of",
+    );
+    expect_usage(
+        &run(&t2i(MODEL, &["--ep-option", "novalue"])),
+        "expected KEY=VALUE",
+    );
+}
+
+/// --low-memory and the optimised-graph cache give the same image as the default path.
+#[test]
+fn low_memory_and_graph_cache_give_the_same_image() {
+    let d = tmpdir("lowmem");
+    let cache = d.join("cache");
+    let mut outputs = Vec::new();
+    for (i, extra) in [
+        vec!["--no-graph-cache"],
+        vec!["--low-memory", "--no-graph-cache"],
+        vec![],
+        vec![],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = d.join(format!("{i}.png"));
+        let mut args = t2i(
+            MODEL,
+            &[
+                "--seed",
+                "4",
+                "--output",
+                out.to_str().unwrap(),
+                "--cache-dir",
+                cache.to_str().unwrap(),
+            ],
+        );
+        args.extend(extra.iter().copied());
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        outputs.push(std::fs::read(&out).unwrap());
+    }
+    assert!(
+        outputs.windows(2).all(|w| w[0] == w[1]),
+        "all four runs must write the same PNG"
+    );
+    let cached: Vec<_> = std::fs::read_dir(cache.join("graphs"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .collect();
+    assert!(
+        cached
+            .iter()
+            .any(|e| e.file_name().to_string_lossy().starts_with("unet-")),
+        "optimised UNet cached"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
