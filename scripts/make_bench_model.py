@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Full-size Stable Diffusion 1.5 architecture with random weights, exported like the fixtures, for benchmarks.
 
-    ../pyenv/bin/python scripts/make_bench_model.py [OUT]        (default: bench-model/, git-ignored)
+    ../pyenv/bin/python scripts/make_bench_model.py [OUT] [--layout optimum|convert]
+        (default: bench-model/ with optimum's layout; bench-model-convert/ for diffusers' convert-script
+        layout, the one diffusers' OnnxStableDiffusionPipeline can run; both git-ignored)
 
 UNet (860M parameters), VAE and CLIP ViT-L/14 text encoder with SD 1.5's exact configs, seeded random
 weights, the real CLIP vocabulary, SD 1.5's PNDM scheduler config; exported with `optimum-cli export onnx`
@@ -19,7 +21,10 @@ import make_fixtures as mf  # noqa: E402
 
 
 def main():
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else mf.ROOT / "bench-model"
+    args = [a for a in sys.argv[1:] if not a.startswith("--layout")]
+    layout = "convert" if "--layout=convert" in sys.argv or ("--layout" in sys.argv and "convert" in sys.argv) else "optimum"
+    args = [a for a in args if a != "convert"]
+    out = Path(args[0]) if args else mf.ROOT / ("bench-model-convert" if layout == "convert" else "bench-model")
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -47,9 +52,13 @@ def main():
             scheduler=PNDMScheduler.from_config(mf.SD15_SCHEDULER), safety_checker=None, feature_extractor=None,
             requires_safety_checker=False,
         )
-        pipe.save_pretrained(tmp / "pt")
-        del pipe, unet, vae, text_encoder
-        mf.export_optimum_layout(tmp / "pt", out)
+        if layout == "convert":
+            with torch.no_grad():
+                mf.export_convert_layout(pipe, out)
+        else:
+            pipe.save_pretrained(tmp / "pt")
+            del pipe, unet, vae, text_encoder
+            mf.export_optimum_layout(tmp / "pt", out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {size / 1e9:.2f} GB")
 

@@ -191,6 +191,7 @@ fn runtime_config(
         trt_profiles,
         graph_cache: !a.no_graph_cache,
         threads: a.threads,
+        low_memory: false,
     })
 }
 
@@ -238,6 +239,9 @@ pub struct Txt2ImgArgs {
     /// Create each graph's session only while it is needed (lower peak memory, slower).
     #[arg(long)]
     pub low_memory: bool,
+    /// Write where the time went (session creation, inside Session::run, ours) to this JSON file.
+    #[arg(long, value_name = "PATH")]
+    pub timings_json: Option<PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -356,6 +360,7 @@ struct InitSpec {
 }
 
 fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
+    let process_start = std::time::Instant::now();
     // Cheap checks first, before anything is loaded.
     if a.steps == 0 {
         return Err(Error::Usage("--steps must be at least 1".into()));
@@ -442,17 +447,20 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     // Fail on bad sizes or a scheduler config we cannot honour before any graph is loaded.
     req.check(&profile)?;
 
-    let config = runtime_config(
+    let mut config = runtime_config(
         &a.runtime,
         &profile,
         Some((req.width, req.height, req.batch, req.guidance > 1.0)),
     )?;
+    config.low_memory = a.low_memory;
     let uses_trt = config.providers.provider == Provider::TensorRt
         || config
             .per_component
             .values()
             .any(|c| c.provider == Provider::TensorRt);
+    let t_ort = std::time::Instant::now();
     let runtime = Runtime::load_with(a.runtime.ort_lib.as_deref(), config)?;
+    let ort_setup = t_ort.elapsed();
     if uses_trt && !a.quiet {
         eprintln!(
             "note: TensorRT builds an engine for {}x{} batch {} on first use; that takes minutes; engines are cached in {}",
@@ -473,7 +481,9 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     } else {
         MemoryMode::ReleaseTextEncoder
     };
+    let t_sessions = std::time::Instant::now();
     let mut pipeline = Pipeline::with_memory(&runtime, profile, memory)?;
+    let session_creation = t_sessions.elapsed();
     let show = !a.quiet && std::io::stderr().is_terminal();
     let bar = if show {
         let b = indicatif::ProgressBar::new(0);
@@ -518,6 +528,26 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
         if !a.quiet {
             println!("{}", path.display());
         }
+    }
+    if let Some(path) = &a.timings_json {
+        let t = &generated.timings;
+        let wall = process_start.elapsed();
+        // Inside ONNX Runtime's Session::run (input/output copies into ORT tensors included): text encoder,
+        // every UNet call, VAE decode (+ encode for img2img, counted in `text`/`decode` phases' neighbours).
+        let in_run = t.text + t.unet.iter().sum::<std::time::Duration>() + t.decode;
+        let ours = wall.saturating_sub(ort_setup + session_creation + in_run);
+        let report = serde_json::json!({
+            "wall_ms": ms(wall),
+            "ort_library_load_ms": ms(ort_setup),
+            "session_creation_ms": ms(session_creation),
+            "session_run_ms": ms(in_run),
+            "outside_ort_ms": ms(ours),
+            "outside_ort_pct": 100.0 * ours.as_secs_f64() / wall.as_secs_f64().max(1e-12),
+            "unet_calls": t.unet.len(),
+            "scheduler_ms": ms(t.scheduler.iter().sum()),
+            "guidance_ms": ms(t.guidance.iter().sum()),
+        });
+        crate::output::write_atomic(path, report.to_string().as_bytes())?;
     }
     Ok(())
 }
@@ -583,8 +613,36 @@ fn inspect(a: InspectArgs) -> Result<()> {
                     .into(),
             );
         }
+        // Which providers can run it: graphs fused for GPUs carry contrib ops the CPU provider lacks.
+        let gpu_only: Vec<String> = std::fs::read(&c.graph)
+            .ok()
+            .and_then(|b| crate::onnx_proto::operators(&b))
+            .map(|ops| {
+                ops.into_iter()
+                    .filter(|(d, o)| {
+                        d == "com.microsoft"
+                            && crate::onnx_proto::GPU_ONLY_CONTRIB_OPS.contains(&o.as_str())
+                    })
+                    .map(|(_, o)| o)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let runs_on: Vec<&str> = if gpu_only.is_empty() {
+            vec!["cpu", "cuda", "tensorrt", "directml", "coreml"]
+        } else {
+            vec!["cuda", "tensorrt"]
+        };
+        if !gpu_only.is_empty() {
+            problems.push(format!(
+                "{}: uses ONNX Runtime contrib ops {} that only the CUDA/TensorRT providers implement; the CPU provider cannot run it",
+                c.name,
+                gpu_only.join(", ")
+            ));
+        }
         components.push(serde_json::json!({
             "name": c.name,
+            "runs_on": runs_on,
+            "gpu_only_ops": gpu_only,
             "graph": c.graph,
             "external_data": c.external_data,
             "config_json": c.config.is_some(),

@@ -71,10 +71,37 @@ struct Node {
     inputs: Vec<String>,
     outputs: Vec<String>,
     op: String,
+    domain: String,
+}
+
+/// Contrib operators ONNX Runtime implements for CUDA (and TensorRT through it) but not for the CPU provider;
+/// they appear in graphs fused by `onnxruntime.transformers` for GPUs.
+pub const GPU_ONLY_CONTRIB_OPS: &[&str] = &[
+    "GroupNorm",
+    "SkipGroupNorm",
+    "NhwcConv",
+    "BiasSplitGelu",
+    "BiasAdd",
+    "BiasDropout",
+    "NhwcMaxPool",
+];
+
+/// (domain, op_type) of every node in the main graph, deduplicated.
+pub fn operators(model: &[u8]) -> Option<std::collections::BTreeSet<(String, String)>> {
+    let (nodes, _) = parse_graph(model)?;
+    Some(nodes.into_iter().map(|n| (n.domain, n.op)).collect())
 }
 
 /// Input channels of the first Conv reached from graph input `input` (through Cast nodes), if any.
 pub fn input_conv_channels(model: &[u8], input: &str) -> Option<usize> {
+    let (nodes, dims) = parse_graph(model)?;
+    conv_channels(&nodes, &dims, input)
+}
+
+/// Initializer name -> dims.
+type Dims = HashMap<String, Vec<i64>>;
+
+fn parse_graph(model: &[u8]) -> Option<(Vec<Node>, Dims)> {
     let mut top = Reader::new(model);
     let graph = std::iter::from_fn(|| top.next()).find_map(|(n, f)| match (n, f) {
         (7, Field::Bytes(b)) => Some(b),
@@ -90,6 +117,7 @@ pub fn input_conv_channels(model: &[u8], input: &str) -> Option<usize> {
                     inputs: Vec::new(),
                     outputs: Vec::new(),
                     op: String::new(),
+                    domain: String::new(),
                 };
                 let mut r = Reader::new(b);
                 while let Some((k, f)) = r.next() {
@@ -98,6 +126,7 @@ pub fn input_conv_channels(model: &[u8], input: &str) -> Option<usize> {
                             1 => node.inputs.push(string(s)),
                             2 => node.outputs.push(string(s)),
                             4 => node.op = string(s),
+                            7 => node.domain = string(s),
                             _ => {}
                         }
                     }
@@ -125,6 +154,10 @@ pub fn input_conv_channels(model: &[u8], input: &str) -> Option<usize> {
             _ => {}
         }
     }
+    Some((nodes, dims))
+}
+
+fn conv_channels(nodes: &[Node], dims: &Dims, input: &str) -> Option<usize> {
     // Breadth-first over the consumers of `input`, through Cast/Identity, to the first Conv.
     let mut frontier = vec![input.to_string()];
     for _ in 0..8 {
@@ -177,6 +210,20 @@ mod tests {
         assert_eq!(
             super::input_conv_channels(b"\\x01\\x02garbage", "sample"),
             None
+        );
+    }
+}
+
+#[cfg(test)]
+mod op_tests {
+    #[test]
+    fn lists_operators_with_their_domains() {
+        let ops = super::operators(&std::fs::read("onnx/sd-tiny-optimum/unet/model.onnx").unwrap())
+            .unwrap();
+        assert!(ops.iter().any(|(d, o)| d.is_empty() && o == "Conv"));
+        assert!(
+            !ops.iter()
+                .any(|(_, o)| super::GPU_ONLY_CONTRIB_OPS.contains(&o.as_str()))
         );
     }
 }

@@ -117,6 +117,9 @@ pub struct RuntimeConfig {
     pub graph_cache: bool,
     /// Intra-op threads; `None`: physical cores.
     pub threads: Option<usize>,
+    /// `--low-memory`: no memory-pattern planning (ONNX Runtime then allocates per tensor instead of one
+    /// planned block per run).
+    pub low_memory: bool,
 }
 
 /// The cache folder: `$SD_ONNX_CACHE`, else `$XDG_CACHE_HOME/sd-onnx`, else `~/.cache/sd-onnx`.
@@ -393,6 +396,8 @@ impl Runtime {
         let mut builder = Session::builder(&self.env)
             .map_err(Error::ort(&context))?
             .with_intra_threads(self.threads)
+            .map_err(Error::ort(&context))?
+            .with_memory_pattern(!self.config.low_memory)
             .map_err(Error::ort(&context))?;
         if let Some(d) = self.dispatch(component.name, &choice)? {
             builder = builder.with_execution_providers([d]).map_err(|e| {
