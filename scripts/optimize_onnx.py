@@ -49,8 +49,16 @@ def main():
         out.mkdir(parents=True, exist_ok=True)
         for extra in (src / comp).glob("*.json"):
             shutil.copy(extra, out / extra.name)
-        m = optimize_model(str(graph), model_type=model_type, num_heads=0, hidden_size=0,
-                           optimization_options=FusionOptions(model_type), opt_level=0, use_gpu=True)
+        options = FusionOptions(model_type)
+        try:
+            m = optimize_model(str(graph), model_type=model_type, num_heads=0, hidden_size=0,
+                               optimization_options=options, opt_level=0, use_gpu=True)
+        except Exception as e:  # the attention-fusion pitfall above
+            print(f"{comp}: fusion failed ({type(e).__name__}: {e}); retrying without attention fusion "
+                  "(export with diffusers' AttnProcessor() to get it)")
+            options.enable_attention = False
+            m = optimize_model(str(graph), model_type=model_type, num_heads=0, hidden_size=0,
+                               optimization_options=options, opt_level=0, use_gpu=True)
         if not a.no_fp16:
             m.convert_float_to_float16(keep_io_types=False)
         m.save_model_to_file(str(out / "model.onnx"), use_external_data_format=True)
