@@ -185,6 +185,25 @@ impl Graph {
     }
 }
 
+impl Graph {
+    /// Run and return the named output as a 4-D array (latents, images).
+    fn run4(
+        &mut self,
+        inputs: Vec<(Cow<'static, str>, DynValue)>,
+        output: &str,
+    ) -> Result<Array4<f32>> {
+        let (shape, data) = self.run(inputs, output)?;
+        if shape.len() != 4 {
+            return Err(Error::model(
+                &self.path,
+                format!("output `{output}` has shape {shape:?}, expected 4 dims"),
+            ));
+        }
+        Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
+            .map_err(|e| Error::model(&self.path, format!("output `{output}`: {e}")))
+    }
+}
+
 /// CLIP text encoder: 77 ids per prompt -> `last_hidden_state`.
 pub struct TextEncoder {
     pub graph: Graph,
@@ -321,7 +340,7 @@ impl Unet {
                 .graph
                 .float_input("timestep", vec![t as f32; n], shape)?,
         };
-        let (shape, data) = self.graph.run(
+        let out = self.graph.run4(
             vec![
                 ("sample".into(), sample_v),
                 ("timestep".into(), ts_v),
@@ -329,14 +348,17 @@ impl Unet {
             ],
             &self.out.clone(),
         )?;
-        if shape.len() != 4 || shape[0] != b {
+        if out.shape()[0] != b {
             return Err(Error::model(
                 &self.graph.path,
-                format!("output `{}` has shape {shape:?}", self.out),
+                format!(
+                    "output `{}` has batch {}, expected {b}",
+                    self.out,
+                    out.shape()[0]
+                ),
             ));
         }
-        Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
-            .map_err(|e| Error::model(&self.graph.path, e.to_string()))
+        Ok(out)
     }
 }
 
@@ -367,17 +389,8 @@ impl VaeDecoder {
         let v = self
             .graph
             .float_input("latent_sample", latent.iter().copied().collect(), shape)?;
-        let (shape, data) = self
-            .graph
-            .run(vec![("latent_sample".into(), v)], &self.out.clone())?;
-        if shape.len() != 4 {
-            return Err(Error::model(
-                &self.graph.path,
-                format!("output `{}` has shape {shape:?}", self.out),
-            ));
-        }
-        Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
-            .map_err(|e| Error::model(&self.graph.path, e.to_string()))
+        self.graph
+            .run4(vec![("latent_sample".into(), v)], &self.out.clone())
     }
 }
 
@@ -415,16 +428,7 @@ impl VaeEncoder {
         let v = self
             .graph
             .float_input("sample", image.iter().copied().collect(), shape)?;
-        let (shape, data) = self
-            .graph
-            .run(vec![("sample".into(), v)], &self.out.clone())?;
-        if shape.len() != 4 {
-            return Err(Error::model(
-                &self.graph.path,
-                format!("output `{}` has shape {shape:?}", self.out),
-            ));
-        }
-        Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
-            .map_err(|e| Error::model(&self.graph.path, e.to_string()))
+        self.graph
+            .run4(vec![("sample".into(), v)], &self.out.clone())
     }
 }

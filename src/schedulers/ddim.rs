@@ -1,8 +1,7 @@
 //! DDIM with eta = 0 (the pipelines' default): deterministic.
 //! Port of diffusers `schedulers/scheduling_ddim.py` (`DDIMScheduler.set_timesteps`, `step`).
 
-use super::schedule::{BETAS_DDPM, Thresholding};
-use super::schedule::{TrainSchedule, ZeroSnr, np_arange, np_linspace, np_round, spacing_err};
+use super::schedule::{BETAS_DDPM, TrainSchedule, X0Limit, ZeroSnr, spaced_timesteps_int};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err};
 use crate::rng::NoiseSource;
 
@@ -10,8 +9,7 @@ pub struct Ddim {
     alphas_cumprod: Vec<f32>,
     final_alpha_cumprod: f32,
     prediction: Prediction,
-    clip: Option<f32>,
-    thresholding: Option<Thresholding>,
+    limit: X0Limit,
     step_ratio: i64,
     timesteps: Vec<f64>,
 }
@@ -26,38 +24,8 @@ impl Ddim {
                 format!("{steps} steps exceed the {n} training timesteps"),
             ));
         }
-        let offset = config.usize("steps_offset", 0)? as i64;
-        let ts: Vec<i64> = match config.str("timestep_spacing", "leading")? {
-            "linspace" => np_linspace(0.0, (n - 1) as f64, steps)
-                .iter()
-                .rev()
-                .map(|&x| np_round(x) as i64)
-                .collect(),
-            "leading" => {
-                let ratio = (n / steps) as i64;
-                (0..steps as i64)
-                    .rev()
-                    .map(|i| i * ratio + offset)
-                    .collect()
-            }
-            "trailing" => np_arange(n as f64, 0.0, -(n as f64 / steps as f64))
-                .iter()
-                .map(|&x| np_round(x) as i64 - 1)
-                .collect(),
-            other => return Err(spacing_err(other)),
-        };
-        if ts.iter().any(|&t| t < 0 || t >= n as i64) {
-            return Err(config_err(
-                "steps_offset",
-                format!("puts timesteps outside 0..{n}"),
-            ));
-        }
-        let thresholding = Thresholding::from_config(config)?;
-        let clip = if thresholding.is_none() && config.bool("clip_sample", true)? {
-            Some(config.f64("clip_sample_range", 1.0)? as f32)
-        } else {
-            None
-        };
+        let ts = spaced_timesteps_int(config, n, steps)?;
+        let limit = X0Limit::from_config(config, true)?;
         let final_alpha_cumprod = if config.bool("set_alpha_to_one", true)? {
             1.0
         } else {
@@ -67,8 +35,7 @@ impl Ddim {
             alphas_cumprod: train.alphas_cumprod,
             final_alpha_cumprod,
             prediction: config.prediction()?,
-            clip,
-            thresholding,
+            limit,
             step_ratio: (n / steps) as i64,
             timesteps: ts.iter().map(|&t| t as f64).collect(),
         })
@@ -126,12 +93,7 @@ impl Scheduler for Ddim {
                     *e = sa * m + sb * s;
                 }
             });
-        if let Some(t) = &self.thresholding {
-            t.apply(&mut x0);
-            // diffusers recomputes nothing here: pred_epsilon stays the model's.
-        } else if let Some(r) = self.clip {
-            x0.mapv_inplace(|v| v.clamp(-r, r));
-        }
+        self.limit.apply(&mut x0);
         // eta = 0: std_dev_t = 0, no noise.
         let dir = (1.0 - a_prev).sqrt();
         let ap = a_prev.sqrt();

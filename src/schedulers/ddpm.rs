@@ -2,7 +2,7 @@
 //! Port of diffusers `schedulers/scheduling_ddpm.py` (`DDPMScheduler.set_timesteps`, `step`, `_get_variance`).
 
 use super::schedule::{
-    BETAS_DDPM, Thresholding, TrainSchedule, ZeroSnr, np_arange, np_linspace, np_round, spacing_err,
+    BETAS_DDPM, TrainSchedule, X0Limit, ZeroSnr, alpha_x0, spaced_timesteps_int,
 };
 use super::{
     Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err, noise_like,
@@ -19,8 +19,7 @@ enum Variance {
 pub struct Ddpm {
     alphas_cumprod: Vec<f32>,
     prediction: Prediction,
-    thresholding: Option<Thresholding>,
-    clip: Option<f32>,
+    limit: X0Limit,
     variance: Variance,
     timesteps: Vec<f64>,
 }
@@ -46,43 +45,12 @@ impl Ddpm {
                 ));
             }
         };
-        let offset = config.usize("steps_offset", 0)? as i64;
-        let ts: Vec<i64> = match config.str("timestep_spacing", "leading")? {
-            "linspace" => np_linspace(0.0, (n - 1) as f64, steps)
-                .iter()
-                .rev()
-                .map(|&x| np_round(x) as i64)
-                .collect(),
-            "leading" => {
-                let ratio = (n / steps) as i64;
-                (0..steps as i64)
-                    .rev()
-                    .map(|i| i * ratio + offset)
-                    .collect()
-            }
-            "trailing" => np_arange(n as f64, 0.0, -(n as f64 / steps as f64))
-                .iter()
-                .map(|&x| np_round(x) as i64 - 1)
-                .collect(),
-            other => return Err(spacing_err(other)),
-        };
-        if ts.iter().any(|&t| t < 0 || t >= n as i64) {
-            return Err(config_err(
-                "steps_offset",
-                format!("puts timesteps outside 0..{n}"),
-            ));
-        }
-        let thresholding = Thresholding::from_config(config)?;
-        let clip = if thresholding.is_none() && config.bool("clip_sample", true)? {
-            Some(config.f64("clip_sample_range", 1.0)? as f32)
-        } else {
-            None
-        };
+        let ts = spaced_timesteps_int(config, n, steps)?;
+        let limit = X0Limit::from_config(config, true)?;
         Ok(Ddpm {
             alphas_cumprod: train.alphas_cumprod,
             prediction: config.prediction()?,
-            thresholding,
-            clip,
+            limit,
             variance,
             timesteps: ts.iter().map(|&t| t as f64).collect(),
         })
@@ -119,21 +87,8 @@ impl Scheduler for Ddpm {
         let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
         let cur_alpha = a_t / a_prev;
         let cur_beta = 1.0 - cur_alpha;
-        let mut x0 = sample.clone();
-        match self.prediction {
-            Prediction::Epsilon => x0.zip_mut_with(model_output, |s, &m| {
-                *s = (*s - b_t.sqrt() * m) / a_t.sqrt()
-            }),
-            Prediction::Sample => x0.assign(model_output),
-            Prediction::VPrediction => {
-                x0.zip_mut_with(model_output, |s, &m| *s = a_t.sqrt() * *s - b_t.sqrt() * m)
-            }
-        }
-        if let Some(th) = &self.thresholding {
-            th.apply(&mut x0);
-        } else if let Some(r) = self.clip {
-            x0.mapv_inplace(|v| v.clamp(-r, r));
-        }
+        let mut x0 = alpha_x0(self.prediction, a_t, sample, model_output);
+        self.limit.apply(&mut x0);
         let c_x0 = (a_prev.sqrt() * cur_beta) / b_t;
         let c_s = cur_alpha.sqrt() * b_prev / b_t;
         let mut out = x0;

@@ -2,7 +2,7 @@
 //! timestep with fresh noise. Port of diffusers `schedulers/scheduling_lcm.py` (`LCMScheduler.set_timesteps`,
 //! `get_scalings_for_boundary_condition_discrete`, `step`). Meant for LCM-distilled or LCM-LoRA'd UNets.
 
-use super::schedule::{BETAS_LCM, Thresholding, TrainSchedule, ZeroSnr, np_linspace};
+use super::schedule::{BETAS_LCM, TrainSchedule, X0Limit, ZeroSnr, alpha_x0, np_linspace};
 use super::{
     Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err, noise_like,
 };
@@ -12,8 +12,7 @@ pub struct Lcm {
     alphas_cumprod: Vec<f32>,
     final_alpha_cumprod: f32,
     prediction: Prediction,
-    thresholding: Option<Thresholding>,
-    clip: Option<f32>,
+    limit: X0Limit,
     timestep_scaling: f32,
     timesteps: Vec<f64>,
 }
@@ -45,12 +44,7 @@ impl Lcm {
             .take(steps)
             .map(|&x| origin[(x.floor() as usize).min(origin.len() - 1)] as f64)
             .collect();
-        let thresholding = Thresholding::from_config(config)?;
-        let clip = if thresholding.is_none() && config.bool("clip_sample", false)? {
-            Some(config.f64("clip_sample_range", 1.0)? as f32)
-        } else {
-            None
-        };
+        let limit = X0Limit::from_config(config, false)?;
         Ok(Lcm {
             final_alpha_cumprod: if config.bool("set_alpha_to_one", true)? {
                 1.0
@@ -59,8 +53,7 @@ impl Lcm {
             },
             alphas_cumprod: train.alphas_cumprod,
             prediction: config.prediction()?,
-            thresholding,
-            clip,
+            limit,
             timestep_scaling: config.f64("timestep_scaling", 10.0)? as f32,
             timesteps,
         })
@@ -96,25 +89,12 @@ impl Scheduler for Lcm {
         } else {
             self.final_alpha_cumprod
         };
-        let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
+        let b_prev = 1.0 - a_prev;
         let scaled = t as f32 * self.timestep_scaling;
         let c_skip = 0.25 / (scaled * scaled + 0.25);
         let c_out = scaled / (scaled * scaled + 0.25).sqrt();
-        let mut x0 = sample.clone();
-        match self.prediction {
-            Prediction::Epsilon => x0.zip_mut_with(model_output, |s, &m| {
-                *s = (*s - b_t.sqrt() * m) / a_t.sqrt()
-            }),
-            Prediction::Sample => x0.assign(model_output),
-            Prediction::VPrediction => {
-                x0.zip_mut_with(model_output, |s, &m| *s = a_t.sqrt() * *s - b_t.sqrt() * m)
-            }
-        }
-        if let Some(th) = &self.thresholding {
-            th.apply(&mut x0);
-        } else if let Some(r) = self.clip {
-            x0.mapv_inplace(|v| v.clamp(-r, r));
-        }
+        let mut x0 = alpha_x0(self.prediction, a_t, sample, model_output);
+        self.limit.apply(&mut x0);
         let mut denoised = x0;
         denoised.zip_mut_with(sample, |x, &s| *x = c_out * *x + c_skip * s);
         if index + 1 != self.timesteps.len() {

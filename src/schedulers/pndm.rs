@@ -2,8 +2,7 @@
 //! Port of diffusers `schedulers/scheduling_pndm.py` (`PNDMScheduler.set_timesteps`, `step_plms`,
 //! `_get_prev_sample`).
 
-use super::schedule::BETAS_DDPM;
-use super::schedule::{TrainSchedule, ZeroSnr, np_arange, np_linspace, np_round, spacing_err};
+use super::schedule::{BETAS_DDPM, TrainSchedule, ZeroSnr, spaced_timesteps_int};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err};
 use crate::rng::NoiseSource;
 
@@ -35,27 +34,9 @@ impl Pndm {
                 "PNDMScheduler takes only epsilon or v_prediction",
             ));
         }
-        let offset = config.usize("steps_offset", 0)? as i64;
-        // Ascending integer timesteps (diffusers' `_timesteps`).
-        let base: Vec<i64> = match config.str("timestep_spacing", "leading")? {
-            "linspace" => np_linspace(0.0, (n - 1) as f64, steps)
-                .iter()
-                .map(|&x| np_round(x) as i64)
-                .collect(),
-            "leading" => {
-                let ratio = (n / steps) as i64;
-                (0..steps as i64).map(|i| i * ratio + offset).collect()
-            }
-            "trailing" => {
-                let mut v: Vec<i64> = np_arange(n as f64, 0.0, -(n as f64 / steps as f64))
-                    .iter()
-                    .map(|&x| np_round(x) as i64 - 1)
-                    .collect();
-                v.reverse();
-                v
-            }
-            other => return Err(spacing_err(other)),
-        };
+        // Ascending integer timesteps (diffusers' `_timesteps`): the DDPM-family spacing, reversed.
+        let mut base = spaced_timesteps_int(config, n, steps)?;
+        base.reverse();
         // plms_timesteps = concat(_t[:-1], _t[-2:-1], _t[-1:])[::-1]
         let mut plms: Vec<i64> = base[..base.len() - 1].to_vec();
         if base.len() >= 2 {

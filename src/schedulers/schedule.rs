@@ -243,6 +243,94 @@ pub fn spaced_timesteps_float(
     Ok(ts)
 }
 
+/// `timestep_spacing` as the DDPM family applies it (DDPMScheduler, DDIMScheduler; PNDMScheduler reverses it):
+/// integer timesteps, descending, all inside the training range.
+pub fn spaced_timesteps_int(
+    config: &SchedulerConfig,
+    n_train: usize,
+    steps: usize,
+) -> Result<Vec<i64>, SchedulerError> {
+    let offset = config.usize("steps_offset", 0)? as i64;
+    let n = n_train;
+    let ts: Vec<i64> = match config.str("timestep_spacing", "leading")? {
+        "linspace" => np_linspace(0.0, (n - 1) as f64, steps)
+            .iter()
+            .rev()
+            .map(|&x| np_round(x) as i64)
+            .collect(),
+        "leading" => {
+            let ratio = (n / steps) as i64;
+            (0..steps as i64)
+                .rev()
+                .map(|i| i * ratio + offset)
+                .collect()
+        }
+        "trailing" => np_arange(n as f64, 0.0, -(n as f64 / steps as f64))
+            .iter()
+            .map(|&x| np_round(x) as i64 - 1)
+            .collect(),
+        other => return Err(spacing_err(other)),
+    };
+    if ts.iter().any(|&t| t < 0 || t >= n as i64) {
+        return Err(config_err(
+            "steps_offset",
+            format!("puts timesteps outside 0..{n}"),
+        ));
+    }
+    Ok(ts)
+}
+
+/// The x0 estimate of the DDPM family from `alphas_cumprod[t]` (DDIM, DDPM, LCM).
+pub fn alpha_x0(
+    prediction: super::Prediction,
+    alpha_t: f32,
+    sample: &super::Latents,
+    model_output: &super::Latents,
+) -> super::Latents {
+    let (sa, sb) = (alpha_t.sqrt(), (1.0 - alpha_t).sqrt());
+    let mut x0 = sample.clone();
+    match prediction {
+        super::Prediction::Epsilon => {
+            x0.zip_mut_with(model_output, |s, &m| *s = (*s - sb * m) / sa)
+        }
+        super::Prediction::Sample => x0.assign(model_output),
+        super::Prediction::VPrediction => {
+            x0.zip_mut_with(model_output, |s, &m| *s = sa * *s - sb * m)
+        }
+    }
+    x0
+}
+
+/// What the DDPM family does to its x0 estimate: dynamic thresholding if `thresholding`, else `clip_sample`.
+pub struct X0Limit {
+    thresholding: Option<Thresholding>,
+    clip: Option<f32>,
+}
+
+impl X0Limit {
+    /// `clip_default`: the class's default for `clip_sample`.
+    pub fn from_config(
+        config: &SchedulerConfig,
+        clip_default: bool,
+    ) -> Result<Self, SchedulerError> {
+        let thresholding = Thresholding::from_config(config)?;
+        let clip = if thresholding.is_none() && config.bool("clip_sample", clip_default)? {
+            Some(config.f64("clip_sample_range", 1.0)? as f32)
+        } else {
+            None
+        };
+        Ok(X0Limit { thresholding, clip })
+    }
+
+    pub fn apply(&self, x0: &mut super::Latents) {
+        if let Some(t) = &self.thresholding {
+            t.apply(x0);
+        } else if let Some(r) = self.clip {
+            x0.mapv_inplace(|v| v.clamp(-r, r));
+        }
+    }
+}
+
 pub fn spacing_err(value: &str) -> SchedulerError {
     config_err(
         "timestep_spacing",
