@@ -488,7 +488,15 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     let bar = if show {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {per_sec} {msg}")
+            indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {its} {msg}")
+                .map(|st| {
+                    st.with_key(
+                        "its",
+                        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(w, "{:.2} it/s", state.per_sec());
+                        },
+                    )
+                })
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
