@@ -479,7 +479,7 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     let memory = if a.low_memory {
         MemoryMode::Low
     } else {
-        MemoryMode::ReleaseTextEncoder
+        MemoryMode::OneShot
     };
     let t_sessions = std::time::Instant::now();
     let mut pipeline = Pipeline::with_memory(&runtime, profile, memory)?;
@@ -850,7 +850,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let session_creation = t_load.elapsed();
     let first_image = start.elapsed();
     // One warm-up run, then the timed ones.
-    pipeline.txt2img(&req, &mut |_| {})?;
+    pipeline.generate(&req, &mut |_| {})?;
     let (mut unet, mut sched, mut guide, mut text, mut decode, mut total) = (
         Vec::new(),
         Vec::new(),
@@ -861,7 +861,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     );
     for _ in 0..a.runs {
         let t = Instant::now();
-        let g = pipeline.txt2img(&req, &mut |_| {})?;
+        let g = pipeline.generate(&req, &mut |_| {})?;
         total.push(t.elapsed());
         unet.extend(g.timings.unet);
         sched.extend(g.timings.scheduler);

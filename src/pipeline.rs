@@ -166,7 +166,7 @@ pub enum MemoryMode {
     /// One run: create each session when first needed and drop it as soon as this run no longer needs it
     /// (text encoder after the embeddings, VAE encoder after encoding, UNet after the loop). The same total
     /// load time as loading everything first, a much lower peak. The CLI's default.
-    ReleaseTextEncoder,
+    OneShot,
     /// The same order, for `--low-memory`; the CLI also turns off ONNX Runtime's memory-pattern planning.
     Low,
 }
@@ -389,15 +389,6 @@ impl<'r> Pipeline<'r> {
         };
         latents.mapv_inplace(|v| v * scale);
         Ok(latents)
-    }
-
-    /// Kept for callers of the txt2img-only API.
-    pub fn txt2img(
-        &mut self,
-        req: &Request,
-        progress: &mut dyn FnMut(Progress),
-    ) -> Result<Generated> {
-        self.generate(req, progress)
     }
 
     pub fn generate(

@@ -64,7 +64,7 @@ fn txt2img_matches_diffusers_on_every_layout() {
             Pipeline::load(&runtime, ModelProfile::load(Path::new(layout)).unwrap()).unwrap();
         for case in doc["cases"].as_array().unwrap() {
             let name = format!("{layout} {}", case["name"].as_str().unwrap());
-            let out = pipe.txt2img(&request(case), &mut |_| {}).unwrap();
+            let out = pipe.generate(&request(case), &mut |_| {}).unwrap();
             let want_lat: Vec<f32> =
                 std::fs::read(refs.join(format!("{}.latents.bin", case["name"].as_str().unwrap())))
                     .unwrap()
