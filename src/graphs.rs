@@ -7,7 +7,8 @@ use crate::profile::Component;
 use crate::runtime::Runtime;
 use half::f16;
 use ndarray::{Array3, Array4};
-use ort::session::{Session, SessionInputValue};
+use ort::memory::{Allocator, MemoryInfo};
+use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -266,6 +267,100 @@ pub struct Unet {
     pub graph: Graph,
     pub timestep: TimestepInput,
     out: String,
+    /// Device memory for bound buffers (CUDA/TensorRT), else host.
+    device: Option<MemoryInfo<'static>>,
+    bound: Option<Bound>,
+    /// UNet calls served through the IO binding (for tests and `bench`).
+    pub bound_runs: usize,
+}
+
+/// A typed tensor of the element type a graph port declares.
+enum Buf {
+    F32(Tensor<f32>),
+    F16(Tensor<f16>),
+    I64(Tensor<i64>),
+}
+
+impl Buf {
+    fn new(allocator: &Allocator, ty: TensorElementType, shape: &[usize]) -> ort::Result<Self> {
+        let shape = shape.to_vec();
+        Ok(match ty {
+            TensorElementType::Float16 => Buf::F16(Tensor::new(allocator, shape)?),
+            TensorElementType::Int64 => Buf::I64(Tensor::new(allocator, shape)?),
+            _ => Buf::F32(Tensor::new(allocator, shape)?),
+        })
+    }
+
+    /// Overwrite the contents (host memory only).
+    fn fill(&mut self, values: impl Iterator<Item = f64>) {
+        match self {
+            Buf::F32(t) => t
+                .extract_tensor_mut()
+                .1
+                .iter_mut()
+                .zip(values)
+                .for_each(|(d, v)| *d = v as f32),
+            Buf::F16(t) => t
+                .extract_tensor_mut()
+                .1
+                .iter_mut()
+                .zip(values)
+                .for_each(|(d, v)| *d = f16::from_f64(v)),
+            Buf::I64(t) => t
+                .extract_tensor_mut()
+                .1
+                .iter_mut()
+                .zip(values)
+                .for_each(|(d, v)| *d = v.round() as i64),
+        }
+    }
+
+    fn read(&self) -> Vec<f32> {
+        match self {
+            Buf::F32(t) => t.extract_tensor().1.to_vec(),
+            Buf::F16(t) => t.extract_tensor().1.iter().map(|v| v.to_f32()).collect(),
+            Buf::I64(t) => t.extract_tensor().1.iter().map(|&v| v as f32).collect(),
+        }
+    }
+
+    fn copy_into(&self, target: &mut Buf) -> ort::Result<()> {
+        match (self, target) {
+            (Buf::F32(a), Buf::F32(b)) => a.copy_into(b),
+            (Buf::F16(a), Buf::F16(b)) => a.copy_into(b),
+            (Buf::I64(a), Buf::I64(b)) => a.copy_into(b),
+            _ => Err(ort::Error::new("mismatched buffer types")),
+        }
+    }
+
+    fn bind_input(&self, binding: &mut IoBinding, name: &str) -> ort::Result<()> {
+        match self {
+            Buf::F32(t) => binding.bind_input(name, t),
+            Buf::F16(t) => binding.bind_input(name, t),
+            Buf::I64(t) => binding.bind_input(name, t),
+        }
+    }
+
+    fn bind_output(&mut self, binding: &mut IoBinding, name: &str) -> ort::Result<()> {
+        match self {
+            Buf::F32(t) => binding.bind_output(name, t),
+            Buf::F16(t) => binding.bind_output(name, t),
+            Buf::I64(t) => binding.bind_output(name, t),
+        }
+    }
+}
+
+/// One generation's IO binding: the text embeddings bound once, and the latent, timestep and output buffers
+/// allocated once (on the GPU for CUDA/TensorRT, with host staging buffers for the per-step copies).
+struct Bound {
+    binding: IoBinding,
+    sample_shape: Vec<usize>,
+    sample: Buf,
+    timestep: Buf,
+    output: Buf,
+    /// Host staging copies when the bound buffers live on the device: (sample, timestep, output).
+    staging: Option<(Buf, Buf, Buf)>,
+    /// The bound text embeddings (kept alive for the binding's lifetime).
+    _context: Buf,
 }
 
 impl Unet {
@@ -283,11 +378,171 @@ impl Unet {
             TimestepInput::PerSample(ty)
         };
         let out = graph.output_name("out_sample")?;
+        let device = runtime.device_memory(c.name)?;
         Ok(Unet {
             graph,
             timestep,
             out,
+            device,
+            bound: None,
+            bound_runs: 0,
         })
+    }
+
+    /// Bind for a run of UNet calls with this context and sample shape: the context is uploaded once, the
+    /// other buffers are allocated once. `run` then uses the binding while the shapes match.
+    pub fn bind(&mut self, context: &Array3<f32>, sample_shape: &[usize]) -> Result<()> {
+        self.bound = None;
+        let ctx = format!("{}: IO binding", self.graph.path.display());
+        let port_type = |name: &str| {
+            self.graph
+                .inputs
+                .iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.dtype)
+        };
+        let sample_ty = port_type("sample").unwrap_or(TensorElementType::Float32);
+        let ctx_ty = port_type("encoder_hidden_states").unwrap_or(TensorElementType::Float32);
+        let out_ty = self
+            .graph
+            .outputs
+            .iter()
+            .find(|p| p.name == self.out)
+            .and_then(|p| p.dtype)
+            .unwrap_or(sample_ty);
+        let (ts_ty, ts_shape) = match self.timestep {
+            TimestepInput::Scalar(ty) => (ty, vec![]),
+            TimestepInput::PerSample(ty) => (ty, vec![sample_shape[0]]),
+        };
+        let out_shape = [
+            sample_shape[0],
+            self.declared_channels().unwrap_or(4),
+            sample_shape[2],
+            sample_shape[3],
+        ];
+        let host = Allocator::default();
+        let mut binding = self
+            .graph
+            .session
+            .create_binding()
+            .map_err(Error::ort(&ctx))?;
+        let mut context_buf = Buf::new(&host, ctx_ty, context.shape()).map_err(Error::ort(&ctx))?;
+        context_buf.fill(context.iter().map(|&v| v as f64));
+        let bound = match &self.device {
+            None => {
+                context_buf
+                    .bind_input(&mut binding, "encoder_hidden_states")
+                    .map_err(Error::ort(&ctx))?;
+                let sample = Buf::new(&host, sample_ty, sample_shape).map_err(Error::ort(&ctx))?;
+                let timestep = Buf::new(&host, ts_ty, &ts_shape).map_err(Error::ort(&ctx))?;
+                let mut output = Buf::new(&host, out_ty, &out_shape).map_err(Error::ort(&ctx))?;
+                sample
+                    .bind_input(&mut binding, "sample")
+                    .map_err(Error::ort(&ctx))?;
+                timestep
+                    .bind_input(&mut binding, "timestep")
+                    .map_err(Error::ort(&ctx))?;
+                output
+                    .bind_output(&mut binding, &self.out)
+                    .map_err(Error::ort(&ctx))?;
+                Bound {
+                    binding,
+                    sample_shape: sample_shape.to_vec(),
+                    sample,
+                    timestep,
+                    output,
+                    staging: None,
+                    _context: context_buf,
+                }
+            }
+            Some(mem) => {
+                let dev =
+                    Allocator::new(&self.graph.session, mem.clone()).map_err(Error::ort(&ctx))?;
+                let mut context_dev =
+                    Buf::new(&dev, ctx_ty, context.shape()).map_err(Error::ort(&ctx))?;
+                context_buf
+                    .copy_into(&mut context_dev)
+                    .map_err(Error::ort(&ctx))?;
+                context_dev
+                    .bind_input(&mut binding, "encoder_hidden_states")
+                    .map_err(Error::ort(&ctx))?;
+                let sample = Buf::new(&dev, sample_ty, sample_shape).map_err(Error::ort(&ctx))?;
+                let timestep = Buf::new(&dev, ts_ty, &ts_shape).map_err(Error::ort(&ctx))?;
+                let mut output = Buf::new(&dev, out_ty, &out_shape).map_err(Error::ort(&ctx))?;
+                sample
+                    .bind_input(&mut binding, "sample")
+                    .map_err(Error::ort(&ctx))?;
+                timestep
+                    .bind_input(&mut binding, "timestep")
+                    .map_err(Error::ort(&ctx))?;
+                output
+                    .bind_output(&mut binding, &self.out)
+                    .map_err(Error::ort(&ctx))?;
+                let staging = (
+                    Buf::new(&host, sample_ty, sample_shape).map_err(Error::ort(&ctx))?,
+                    Buf::new(&host, ts_ty, &ts_shape).map_err(Error::ort(&ctx))?,
+                    Buf::new(&host, out_ty, &out_shape).map_err(Error::ort(&ctx))?,
+                );
+                Bound {
+                    binding,
+                    sample_shape: sample_shape.to_vec(),
+                    sample,
+                    timestep,
+                    output,
+                    staging: Some(staging),
+                    _context: context_dev,
+                }
+            }
+        };
+        self.bound = Some(bound);
+        Ok(())
+    }
+
+    /// Drop the binding (and its buffers).
+    pub fn unbind(&mut self) {
+        self.bound = None;
+    }
+
+    fn run_bound(&mut self, sample: &Array4<f32>, t: f64) -> Result<Option<Array4<f32>>> {
+        let Some(b) = self.bound.as_mut() else {
+            return Ok(None);
+        };
+        if b.sample_shape != sample.shape() {
+            return Ok(None);
+        }
+        let ctx = format!("{}: bound run", self.graph.path.display());
+        let n_ts = match self.timestep {
+            TimestepInput::Scalar(_) => 1,
+            TimestepInput::PerSample(_) => sample.shape()[0],
+        };
+        match b.staging.as_mut() {
+            None => {
+                b.sample.fill(sample.iter().map(|&v| v as f64));
+                b.timestep.fill(std::iter::repeat_n(t, n_ts));
+            }
+            Some((s, ts, _)) => {
+                s.fill(sample.iter().map(|&v| v as f64));
+                ts.fill(std::iter::repeat_n(t, n_ts));
+                s.copy_into(&mut b.sample).map_err(Error::ort(&ctx))?;
+                ts.copy_into(&mut b.timestep).map_err(Error::ort(&ctx))?;
+            }
+        }
+        self.graph
+            .session
+            .run_binding(&b.binding)
+            .map_err(Error::ort(&ctx))?;
+        let data = match b.staging.as_mut() {
+            None => b.output.read(),
+            Some((_, _, out)) => {
+                b.output.copy_into(out).map_err(Error::ort(&ctx))?;
+                out.read()
+            }
+        };
+        let sh = sample.shape();
+        let c = data.len() / (sh[0] * sh[2] * sh[3]).max(1);
+        Array4::from_shape_vec((sh[0], c, sh[2], sh[3]), data)
+            .map(Some)
+            .map_err(|e| Error::model(&self.graph.path, e.to_string()))
     }
 
     /// Latent channels the graph's output declares, when fixed.
@@ -316,6 +571,10 @@ impl Unet {
         t: f64,
         context: &Array3<f32>,
     ) -> Result<Array4<f32>> {
+        if let Some(out) = self.run_bound(sample, t)? {
+            self.bound_runs += 1;
+            return Ok(out);
+        }
         let b = sample.shape()[0];
         let sshape: Vec<i64> = sample.shape().iter().map(|&d| d as i64).collect();
         let cshape: Vec<i64> = context.shape().iter().map(|&d| d as i64).collect();

@@ -149,6 +149,8 @@ pub struct Timings {
     pub guidance: Vec<Duration>,
     /// VAE decode of all images, RGB conversion included.
     pub decode: Duration,
+    /// How many UNet calls went through the IO binding (all of them, unless binding was unavailable).
+    pub bound_unet_calls: usize,
 }
 
 /// What the pipeline reports while it runs.
@@ -529,8 +531,18 @@ impl<'r> Pipeline<'r> {
             self.vae_encoder = None;
         }
 
-        // 3. Denoise over the remaining schedule.
+        // 3. Denoise over the remaining schedule. The UNet is bound once for the run (IO binding: context
+        // uploaded once, latent/timestep/output buffers allocated once); if binding is impossible it runs plain.
         let g = req.guidance;
+        let unet_batch = if guided { 2 * req.batch } else { req.batch };
+        let bound_shape = [unet_batch, self.unet_in_channels, shape.2, shape.3];
+        if begin < timesteps.len()
+            && let Err(e) = self.unet()?.bind(&context, &bound_shape)
+        {
+            warnings.push(format!(
+                "UNet IO binding unavailable, running without it: {e}"
+            ));
+        }
         for i in begin..timesteps.len() {
             let t = timesteps[i];
             let t0 = Instant::now();
@@ -589,6 +601,10 @@ impl<'r> Pipeline<'r> {
             });
         }
 
+        if let Some(u) = self.unet.as_mut() {
+            u.unbind();
+            timings.bound_unet_calls = std::mem::take(&mut u.bound_runs);
+        }
         if self.memory != MemoryMode::KeepAll {
             self.unet = None;
         }

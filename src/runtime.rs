@@ -313,6 +313,26 @@ impl Runtime {
         Ok(out)
     }
 
+    /// Device memory for IO binding of `component`'s inputs and outputs: the GPU for CUDA/TensorRT,
+    /// `None` for providers that run from host memory.
+    pub fn device_memory(
+        &self,
+        component: &str,
+    ) -> Result<Option<ort::memory::MemoryInfo<'static>>> {
+        let choice = self.choice_for(component);
+        match choice.provider {
+            Provider::Cuda | Provider::TensorRt => ort::memory::MemoryInfo::new(
+                ort::memory::AllocationDevice::CUDA,
+                choice.device_id,
+                ort::memory::AllocatorType::Device,
+                ort::memory::MemoryType::Default,
+            )
+            .map(Some)
+            .map_err(Error::ort(format!("{component}: device memory"))),
+            _ => Ok(None),
+        }
+    }
+
     fn choice_for(&self, component: &str) -> &ProviderChoice {
         self.config
             .per_component

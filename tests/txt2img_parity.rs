@@ -65,6 +65,12 @@ fn txt2img_matches_diffusers_on_every_layout() {
         for case in doc["cases"].as_array().unwrap() {
             let name = format!("{layout} {}", case["name"].as_str().unwrap());
             let out = pipe.generate(&request(case), &mut |_| {}).unwrap();
+            // Every UNet call went through the IO binding (context bound once, buffers reused).
+            assert_eq!(
+                out.timings.bound_unet_calls,
+                out.timings.unet.len(),
+                "{name}: unbound UNet calls"
+            );
             let want_lat: Vec<f32> =
                 std::fs::read(refs.join(format!("{}.latents.bin", case["name"].as_str().unwrap())))
                     .unwrap()
