@@ -851,6 +851,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let first_image = start.elapsed();
     // One warm-up run, then the timed ones.
     pipeline.generate(&req, &mut |_| {})?;
+    let mut bound_calls = 0usize;
     let (mut unet, mut sched, mut guide, mut text, mut decode, mut total) = (
         Vec::new(),
         Vec::new(),
@@ -863,6 +864,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         let t = Instant::now();
         let g = pipeline.generate(&req, &mut |_| {})?;
         total.push(t.elapsed());
+        bound_calls += g.timings.bound_unet_calls;
         unet.extend(g.timings.unet);
         sched.extend(g.timings.scheduler);
         guide.extend(g.timings.guidance);
@@ -885,6 +887,8 @@ fn bench(a: BenchArgs) -> Result<()> {
         "first_load_ms": ms(first_image),
         "text_encoding_ms": ms(median(&text)),
         "unet_step_ms": {"median": ms(unet_med), "p90": ms(quantile(&unet, 0.9))},
+        "unet_calls": unet.len(),
+        "unet_calls_io_bound": bound_calls,
         "scheduler_step_ms": {"median": ms(median(&sched)), "p90": ms(quantile(&sched, 0.9)), "share_of_unet_pct": share(median(&sched))},
         "guidance_host_ms": {"median": ms(median(&guide))},
         "vae_decode_ms": ms(median(&decode)),

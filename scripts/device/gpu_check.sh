@@ -23,8 +23,20 @@ echo "rc=$?" >> "$OUT/summary.txt"; tail -5 "$OUT/bench_cuda.err" >> "$OUT/summa
 python3 - "$OUT/bench_cuda.json" >> "$OUT/summary.txt" 2>&1 <<'PY'
 import json, sys
 b = json.load(open(sys.argv[1]))
-print({k: b[k] for k in ("session_creation_ms", "unet_step_ms", "scheduler_step_ms", "vae_decode_ms", "end_to_end_ms", "peak_rss_mib")})
+print({k: b.get(k) for k in ("session_creation_ms", "unet_step_ms", "unet_calls", "unet_calls_io_bound", "scheduler_step_ms", "vae_decode_ms", "end_to_end_ms", "peak_rss_mib")})
 PY
+log "GPU parity: tiny fixture, --ep cuda, against the diffusers PyTorch references"
+for c in "pndm_torch pndm 42" "euler-a_torch euler-a 42" "dpm++2m_torch dpm++2m 42"; do
+  set -- $c
+  "$BIN" txt2img --model onnx/sd-tiny-optimum --ep cuda --prompt "a photograph of an astronaut riding a horse" \
+    --steps 20 --seed $3 --scheduler $2 --quiet --output "/tmp/gpu-$1.png" --no-graph-cache >> "$OUT/parity.txt" 2>&1
+  python3 - "/tmp/gpu-$1.png" "tests/fixtures/txt2img/$1.png" >> "$OUT/summary.txt" 2>&1 <<'PY'
+import sys, numpy as np
+from PIL import Image
+a = np.asarray(Image.open(sys.argv[1])).astype(float); b = np.asarray(Image.open(sys.argv[2])).astype(float)
+d = np.abs(a - b); print(f"{sys.argv[2]}: mean {d.mean():.4f} max {d.max():.0f}")
+PY
+done
 log "txt2img --ep tensorrt (TensorRT libraries absent)"
 "$BIN" txt2img --model $MODEL --ep tensorrt --prompt x --steps 2 --width 512 --height 512 --seed 1 --quiet --output /tmp/trt.png > "$OUT/trt.txt" 2>&1
 echo "rc=$?" >> "$OUT/trt.txt"; cat "$OUT/trt.txt" >> "$OUT/summary.txt"
