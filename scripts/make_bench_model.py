@@ -4,6 +4,7 @@
     ../pyenv/bin/python scripts/make_bench_model.py [OUT] [--layout optimum|convert]
         (default: bench-model/ with optimum's layout; bench-model-convert/ for diffusers' convert-script
         layout, the one diffusers' OnnxStableDiffusionPipeline can run; both git-ignored)
+    --classic-attention exports the UNet with diffusers' AttnProcessor(), which optimize_onnx.py can fuse.
 
 UNet (860M parameters), VAE and CLIP ViT-L/14 text encoder with SD 1.5's exact configs, seeded random
 weights, the real CLIP vocabulary, SD 1.5's PNDM scheduler config; exported with `optimum-cli export onnx`
@@ -21,7 +22,7 @@ import make_fixtures as mf  # noqa: E402
 
 
 def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--layout")]
+    args = [a for a in sys.argv[1:] if not a.startswith("--layout") and a != "--classic-attention"]
     layout = "convert" if "--layout=convert" in sys.argv or ("--layout" in sys.argv and "convert" in sys.argv) else "optimum"
     args = [a for a in args if a != "convert"]
     out = Path(args[0]) if args else mf.ROOT / ("bench-model-convert" if layout == "convert" else "bench-model")
@@ -30,6 +31,11 @@ def main():
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD 1.5
+    if "--classic-attention" in sys.argv:
+        # ONNX Runtime's attention fusion (scripts/optimize_onnx.py) only matches the classic pattern.
+        from diffusers.models.attention_processor import AttnProcessor
+
+        unet.set_attn_processor(AttnProcessor())
     vae = AutoencoderKL(
         block_out_channels=[128, 256, 512, 512],
         down_block_types=["DownEncoderBlock2D"] * 4,
