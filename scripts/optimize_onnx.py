@@ -9,8 +9,9 @@ float16 (inputs and outputs too), and saves with external data. Other files (con
 model_index.json) are copied. `--keep-fp32-vae` also copies the original VAE decoder to `vae_decoder_fp32/`,
 which sd-onnx uses when the fp16 decoder overflows to NaN/inf.
 
-Effect, measured on an H200 (../shared/device/README.md, 2026-11-28; SD 1.5 UNet, batch 2, 64x64 latent,
-IO binding): plain fp16 export 20.2 ms/step; this optimizer + fp16 10.2 ms; + CUDA graph 7.15 ms.
+Effect, measured on an H200 (docs/PERFORMANCE.md, 2026-11-28; SD 1.5 UNet, batch 2, 64x64 latent, IO binding):
+plain fp32 export 26.44 ms/step; this optimizer + fp16 9.95 ms (2.65x); ../shared/device/README.md saw plain
+fp16 20.2 ms, fused 10.2 ms, fused + CUDA graph 7.15 ms. The optimizer took 227 s on the full UNet there.
 
 Pitfalls:
   * attention fusion only matches the classic attention pattern: export the UNet with diffusers'
