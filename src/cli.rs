@@ -91,6 +91,10 @@ pub struct RuntimeArgs {
     /// TensorRT: build fp16 engines.
     #[arg(long)]
     pub trt_fp16: bool,
+    /// CUDA/TensorRT: capture the UNet's run as a CUDA graph once and replay it every step (fixed shapes;
+    /// falls back, with the reason, when ONNX Runtime cannot capture this graph).
+    #[arg(long)]
+    pub cuda_graph: bool,
     /// Cache for optimised graphs and TensorRT engines (default: $SD_ONNX_CACHE, $XDG_CACHE_HOME/sd-onnx
     /// or ~/.cache/sd-onnx).
     #[arg(long, value_name = "DIR")]
@@ -192,6 +196,7 @@ fn runtime_config(
         graph_cache: !a.no_graph_cache,
         threads: a.threads,
         low_memory: false,
+        cuda_graph: a.cuda_graph,
     })
 }
 
@@ -852,6 +857,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     // One warm-up run, then the timed ones.
     pipeline.generate(&req, &mut |_| {})?;
     let mut bound_calls = 0usize;
+    let mut capture = crate::runtime::GraphCapture::Off;
     let (mut unet, mut sched, mut guide, mut text, mut decode, mut total) = (
         Vec::new(),
         Vec::new(),
@@ -865,6 +871,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         let g = pipeline.generate(&req, &mut |_| {})?;
         total.push(t.elapsed());
         bound_calls += g.timings.bound_unet_calls;
+        capture = g.timings.unet_capture;
         unet.extend(g.timings.unet);
         sched.extend(g.timings.scheduler);
         guide.extend(g.timings.guidance);
@@ -880,6 +887,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let share =
         |d: std::time::Duration| 100.0 * d.as_secs_f64() / unet_med.as_secs_f64().max(1e-12);
     let rss = peak_rss_bytes();
+    let capture_text = capture.to_string();
     let report = serde_json::json!({
         "model": a.model, "scheduler": scheduler.name(), "steps": a.steps, "size": [req.width, req.height],
         "runs": a.runs, "ort_version": runtime.version, "threads": std::thread::available_parallelism().map(|n| n.get()).ok(),
@@ -889,6 +897,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         "unet_step_ms": {"median": ms(unet_med), "p90": ms(quantile(&unet, 0.9))},
         "unet_calls": unet.len(),
         "unet_calls_io_bound": bound_calls,
+        "unet_graph_capture": capture_text,
         "scheduler_step_ms": {"median": ms(median(&sched)), "p90": ms(quantile(&sched, 0.9)), "share_of_unet_pct": share(median(&sched))},
         "guidance_host_ms": {"median": ms(median(&guide))},
         "vae_decode_ms": ms(median(&decode)),
@@ -917,6 +926,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         runtime.version
     );
     println!("session creation      {:>10.1} ms", ms(session_creation));
+    println!(
+        "UNet calls            {:>10} ({} IO-bound; CUDA graph: {capture_text})",
+        unet.len(),
+        bound_calls
+    );
     println!("text encoding         {:>10.2} ms", ms(median(&text)));
     println!(
         "UNet per step         {:>10.2} ms median, {:.2} p90",

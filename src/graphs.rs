@@ -4,11 +4,11 @@
 
 use crate::error::{Error, Result};
 use crate::profile::Component;
-use crate::runtime::Runtime;
+use crate::runtime::{GraphCapture, Runtime};
 use half::f16;
 use ndarray::{Array3, Array4};
 use ort::memory::{Allocator, MemoryInfo};
-use ort::session::{IoBinding, Session, SessionInputValue};
+use ort::session::{IoBinding, RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -83,12 +83,15 @@ pub struct Graph {
     pub path: PathBuf,
     pub inputs: Vec<Port>,
     pub outputs: Vec<Port>,
+    /// What became of `--cuda-graph` for this session.
+    pub capture: GraphCapture,
     session: Session,
 }
 
 impl Graph {
     pub fn load(runtime: &Runtime, component: &Component) -> Result<Self> {
-        let session = runtime.session(component)?;
+        let opened = runtime.open(component)?;
+        let (session, capture) = (opened.session, opened.capture);
         let inputs = session
             .inputs()
             .iter()
@@ -103,6 +106,7 @@ impl Graph {
             path: component.graph.clone(),
             inputs,
             outputs,
+            capture,
             session,
         })
     }
@@ -161,7 +165,21 @@ impl Graph {
             .into_iter()
             .map(|(n, v)| (n, SessionInputValue::from(v)))
             .collect();
-        let outputs = self.session.run(inputs).map_err(Error::ort(&ctx))?;
+        // A captured graph replays fixed addresses; an unbound run allocates its own, so it must not be
+        // captured or replayed (`gpu_graph_id` -1).
+        let skip = if self.capture == GraphCapture::On {
+            let mut o = RunOptions::new().map_err(Error::ort(&ctx))?;
+            o.set("gpu_graph_id", "-1").map_err(Error::ort(&ctx))?;
+            Some(o)
+        } else {
+            None
+        };
+        let outputs = if let Some(o) = &skip {
+            self.session.run_with_options(inputs, o)
+        } else {
+            self.session.run(inputs)
+        }
+        .map_err(Error::ort(&ctx))?;
         let value = outputs
             .get(output)
             .ok_or_else(|| Error::model(&self.path, format!("no output `{output}`")))?;
@@ -272,6 +290,11 @@ pub struct Unet {
     bound: Option<Bound>,
     /// UNet calls served through the IO binding (for tests and `bench`).
     pub bound_runs: usize,
+    /// Whether the last `bind` kept the previous binding's buffers (same shapes) instead of allocating.
+    pub reused_binding: bool,
+    /// With graph capture: the `gpu_graph_id` the next new set of bound buffers is captured under (ONNX
+    /// Runtime reserves 0; -1 turns capture off for a run).
+    next_graph_id: i32,
 }
 
 /// A typed tensor of the element type a graph port declares.
@@ -289,6 +312,14 @@ impl Buf {
             TensorElementType::Int64 => Buf::I64(Tensor::new(allocator, shape)?),
             _ => Buf::F32(Tensor::new(allocator, shape)?),
         })
+    }
+
+    fn element_type(&self) -> TensorElementType {
+        match self {
+            Buf::F32(_) => TensorElementType::Float32,
+            Buf::F16(_) => TensorElementType::Float16,
+            Buf::I64(_) => TensorElementType::Int64,
+        }
     }
 
     /// Overwrite the contents (host memory only).
@@ -354,13 +385,19 @@ impl Buf {
 struct Bound {
     binding: IoBinding,
     sample_shape: Vec<usize>,
+    context_shape: Vec<usize>,
+    /// False between `unbind` and the next `bind`: kept buffers are reused, never read stale.
+    active: bool,
+    /// With graph capture: `gpu_graph_id` = this binding's graph. A captured graph reads and writes these
+    /// buffers' addresses, so they live as long as the session may replay it.
+    run_options: Option<RunOptions>,
     sample: Buf,
     timestep: Buf,
     output: Buf,
     /// Host staging copies when the bound buffers live on the device: (sample, timestep, output).
     staging: Option<(Buf, Buf, Buf)>,
-    /// The bound text embeddings (kept alive for the binding's lifetime).
-    _context: Buf,
+    /// The bound text embeddings (kept alive for the binding's lifetime, refilled when shapes repeat).
+    context: Buf,
 }
 
 impl Unet {
@@ -386,14 +423,52 @@ impl Unet {
             device,
             bound: None,
             bound_runs: 0,
+            reused_binding: false,
+            next_graph_id: 1,
         })
+    }
+
+    /// What became of `--cuda-graph` for the UNet session.
+    pub fn capture(&self) -> &GraphCapture {
+        &self.graph.capture
     }
 
     /// Bind for a run of UNet calls with this context and sample shape: the context is uploaded once, the
     /// other buffers are allocated once. `run` then uses the binding while the shapes match.
+    ///
+    /// When the previous binding had the same shapes its buffers are kept and only the context is refilled:
+    /// nothing is reallocated between generations, and a captured device graph stays valid.
     pub fn bind(&mut self, context: &Array3<f32>, sample_shape: &[usize]) -> Result<()> {
-        self.bound = None;
         let ctx = format!("{}: IO binding", self.graph.path.display());
+        if let Some(b) = self.bound.as_mut()
+            && b.sample_shape == sample_shape
+            && b.context_shape == context.shape()
+        {
+            let values = context.iter().map(|&v| v as f64);
+            if self.device.is_some() {
+                let ty = b.context.element_type();
+                let mut host = Buf::new(&Allocator::default(), ty, context.shape())
+                    .map_err(Error::ort(&ctx))?;
+                host.fill(values);
+                host.copy_into(&mut b.context).map_err(Error::ort(&ctx))?;
+            } else {
+                b.context.fill(values);
+            }
+            b.active = true;
+            self.reused_binding = true;
+            return Ok(());
+        }
+        self.bound = None;
+        self.reused_binding = false;
+        let run_options = if self.graph.capture == GraphCapture::On {
+            let mut o = RunOptions::new().map_err(Error::ort(&ctx))?;
+            o.set("gpu_graph_id", self.next_graph_id.to_string())
+                .map_err(Error::ort(&ctx))?;
+            self.next_graph_id += 1;
+            Some(o)
+        } else {
+            None
+        };
         let port_type = |name: &str| {
             self.graph
                 .inputs
@@ -448,11 +523,14 @@ impl Unet {
                 Bound {
                     binding,
                     sample_shape: sample_shape.to_vec(),
+                    context_shape: context.shape().to_vec(),
+                    active: true,
+                    run_options,
                     sample,
                     timestep,
                     output,
                     staging: None,
-                    _context: context_buf,
+                    context: context_buf,
                 }
             }
             Some(mem) => {
@@ -486,11 +564,14 @@ impl Unet {
                 Bound {
                     binding,
                     sample_shape: sample_shape.to_vec(),
+                    context_shape: context.shape().to_vec(),
+                    active: true,
+                    run_options,
                     sample,
                     timestep,
                     output,
                     staging: Some(staging),
-                    _context: context_dev,
+                    context: context_dev,
                 }
             }
         };
@@ -498,8 +579,16 @@ impl Unet {
         Ok(())
     }
 
-    /// Drop the binding (and its buffers).
+    /// End this run's use of the binding. Its buffers are kept for the next `bind` with the same shapes
+    /// (until then `run` does not use them).
     pub fn unbind(&mut self) {
+        if let Some(b) = self.bound.as_mut() {
+            b.active = false;
+        }
+    }
+
+    /// Drop the binding and its buffers.
+    pub fn release(&mut self) {
         self.bound = None;
     }
 
@@ -507,7 +596,7 @@ impl Unet {
         let Some(b) = self.bound.as_mut() else {
             return Ok(None);
         };
-        if b.sample_shape != sample.shape() {
+        if !b.active || b.sample_shape != sample.shape() {
             return Ok(None);
         }
         let ctx = format!("{}: bound run", self.graph.path.display());
@@ -527,10 +616,11 @@ impl Unet {
                 ts.copy_into(&mut b.timestep).map_err(Error::ort(&ctx))?;
             }
         }
-        self.graph
-            .session
-            .run_binding(&b.binding)
-            .map_err(Error::ort(&ctx))?;
+        match &b.run_options {
+            Some(o) => self.graph.session.run_binding_with_options(&b.binding, o),
+            None => self.graph.session.run_binding(&b.binding),
+        }
+        .map_err(Error::ort(&ctx))?;
         let data = match b.staging.as_mut() {
             None => b.output.read(),
             Some((_, _, out)) => {

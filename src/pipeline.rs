@@ -16,7 +16,7 @@ use crate::graphs::{EncoderOutput, TextEncoder, Unet, VaeDecoder, VaeEncoder};
 use crate::profile::ModelProfile;
 use crate::rng::NoiseSource;
 use crate::rng::RngKind;
-use crate::runtime::Runtime;
+use crate::runtime::{GraphCapture, Runtime};
 use crate::schedulers::{Latents, Scheduler, SchedulerKind};
 use crate::tokenizer::ClipTokenizer;
 use ndarray::{Array2, Array3, Array4, Axis, concatenate, s};
@@ -151,6 +151,11 @@ pub struct Timings {
     pub decode: Duration,
     /// How many UNet calls went through the IO binding (all of them, unless binding was unavailable).
     pub bound_unet_calls: usize,
+    /// Whether the UNet's bound buffers were kept from the previous generation (same shapes), so nothing
+    /// was allocated for this one.
+    pub unet_buffers_reused: bool,
+    /// What became of `--cuda-graph` for the UNet.
+    pub unet_capture: GraphCapture,
 }
 
 /// What the pipeline reports while it runs.
@@ -604,6 +609,13 @@ impl<'r> Pipeline<'r> {
         if let Some(u) = self.unet.as_mut() {
             u.unbind();
             timings.bound_unet_calls = std::mem::take(&mut u.bound_runs);
+            timings.unet_buffers_reused = u.reused_binding;
+            timings.unet_capture = u.capture().clone();
+            if let GraphCapture::Refused(why) = u.capture() {
+                warnings.push(format!(
+                    "--cuda-graph: the UNet runs without graph capture: {why}"
+                ));
+            }
         }
         if self.memory != MemoryMode::KeepAll {
             self.unet = None;

@@ -120,6 +120,77 @@ pub struct RuntimeConfig {
     /// `--low-memory`: no memory-pattern planning (ONNX Runtime then allocates per tensor instead of one
     /// planned block per run).
     pub low_memory: bool,
+    /// `--cuda-graph`: capture the UNet's run once and replay it (CUDA: `enable_cuda_graph`, TensorRT:
+    /// `trt_cuda_graph_enable`). Only the UNet gets it: the other graphs run once per image.
+    pub cuda_graph: bool,
+}
+
+/// The component that `--cuda-graph` applies to.
+pub const CAPTURED_COMPONENT: &str = "unet";
+
+/// Whether a session captures its run as a device graph and replays it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum GraphCapture {
+    /// Not asked for (or not applicable to this component).
+    #[default]
+    Off,
+    /// Asked for and accepted by ONNX Runtime: bind inputs and outputs at fixed device addresses.
+    On,
+    /// Asked for, refused by ONNX Runtime at session creation; the session was created without it.
+    Refused(String),
+}
+
+impl std::fmt::Display for GraphCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GraphCapture::Off => f.write_str("off"),
+            GraphCapture::On => f.write_str("on"),
+            GraphCapture::Refused(why) => write!(f, "refused: {why}"),
+        }
+    }
+}
+
+/// A created session and what became of `--cuda-graph` for it.
+pub struct OpenedSession {
+    pub session: Session,
+    pub capture: GraphCapture,
+}
+
+/// ONNX Runtime refuses graph capture at session creation when a node runs outside the device provider
+/// (shape arithmetic placed on the CPU, Memcpy nodes) or the graph has control flow. Its message says so;
+/// this recognises it so that the session can be recreated without capture.
+pub fn capture_refusal(message: &str) -> Option<String> {
+    let m = message.to_ascii_lowercase();
+    if !m.contains("graph capture") && !m.contains("cuda graph") {
+        return None;
+    }
+    let why = if m.contains("control flow") {
+        "the graph has control-flow nodes (If/Loop/Scan)"
+    } else if m.contains("partitioned") || m.contains("assigned") {
+        "not every node runs on the GPU: ONNX Runtime placed some (typically shape arithmetic, or Memcpy \
+         between CPU and GPU nodes) on the CPU"
+    } else {
+        "ONNX Runtime refused it"
+    };
+    let first = message.lines().next().unwrap_or(message).trim();
+    Some(format!("{why} (ONNX Runtime: {first})"))
+}
+
+impl RuntimeConfig {
+    /// The provider for one component: its override, else the default.
+    pub fn choice_for(&self, component: &str) -> &ProviderChoice {
+        self.per_component.get(component).unwrap_or(&self.providers)
+    }
+
+    /// Whether `--cuda-graph` applies to this component: asked for, the UNet, on a CUDA device.
+    pub fn captures(&self, component: &str) -> bool {
+        self.cuda_graph
+            && component == CAPTURED_COMPONENT
+            && matches!(
+                self.choice_for(component).provider,
+                Provider::Cuda | Provider::TensorRt
+            )
+    }
 }
 
 /// The cache folder: `$SD_ONNX_CACHE`, else `$XDG_CACHE_HOME/sd-onnx`, else `~/.cache/sd-onnx`.
@@ -287,6 +358,16 @@ impl Runtime {
                 )));
             }
         }
+        if rt.config.cuda_graph {
+            let unet = rt.choice_for(CAPTURED_COMPONENT).provider;
+            if !matches!(unet, Provider::Cuda | Provider::TensorRt) {
+                return Err(Error::Usage(format!(
+                    "--cuda-graph: the unet runs on {}; graph capture needs --ep cuda or --ep tensorrt \
+                     (or --component-ep unet=cuda)",
+                    unet.cli_name()
+                )));
+            }
+        }
         Ok(rt)
     }
 
@@ -334,16 +415,14 @@ impl Runtime {
     }
 
     fn choice_for(&self, component: &str) -> &ProviderChoice {
-        self.config
-            .per_component
-            .get(component)
-            .unwrap_or(&self.config.providers)
+        self.config.choice_for(component)
     }
 
     fn dispatch(
         &self,
         component: &str,
         choice: &ProviderChoice,
+        capture: bool,
     ) -> Result<Option<ExecutionProviderDispatch>> {
         for (k, v) in &choice.options {
             if k.contains('\0') || v.contains('\0') {
@@ -356,6 +435,9 @@ impl Runtime {
             Provider::Cpu => None,
             Provider::Cuda => {
                 let mut c = ep::CUDA::default().with_device_id(choice.device_id);
+                if capture {
+                    c = c.with_cuda_graph(true);
+                }
                 for (k, v) in &choice.options {
                     c = c.with_arbitrary_config(k, v);
                 }
@@ -365,6 +447,9 @@ impl Runtime {
                 let mut trt = ep::TensorRT::default()
                     .with_device_id(choice.device_id)
                     .with_fp16(self.config.trt_fp16);
+                if capture {
+                    trt = trt.with_cuda_graph(true);
+                }
                 if let Some(dir) = &self.config.cache_dir {
                     let d = dir.join("tensorrt").to_string_lossy().into_owned();
                     trt = trt
@@ -407,9 +492,39 @@ impl Runtime {
         Ok(dispatch.map(|d| d.error_on_failure()))
     }
 
-    /// A session for one component, on the provider chosen for it. Registration failures are errors (never a
-    /// silent CPU fallback). With the graph cache on, CPU sessions load a previously optimised graph.
+    /// A session for one component, on the provider chosen for it, with graph capture when `--cuda-graph`
+    /// asks for it. When ONNX Runtime refuses capture for this graph, the session is created again without it
+    /// and the reason is returned (never a silent change of provider).
+    pub fn open(&self, component: &Component) -> Result<OpenedSession> {
+        if !self.config.captures(component.name) {
+            return Ok(OpenedSession {
+                session: self.create(component, false)?,
+                capture: GraphCapture::Off,
+            });
+        }
+        match self.create(component, true) {
+            Ok(session) => Ok(OpenedSession {
+                session,
+                capture: GraphCapture::On,
+            }),
+            Err(e) => match capture_refusal(&e.to_string()) {
+                Some(reason) => Ok(OpenedSession {
+                    session: self.create(component, false)?,
+                    capture: GraphCapture::Refused(reason),
+                }),
+                None => Err(e),
+            },
+        }
+    }
+
+    /// A session for one component, on the provider chosen for it, without graph capture.
     pub fn session(&self, component: &Component) -> Result<Session> {
+        self.create(component, false)
+    }
+
+    /// Registration failures are errors (never a silent CPU fallback). With the graph cache on, CPU sessions
+    /// load a previously optimised graph.
+    fn create(&self, component: &Component, capture: bool) -> Result<Session> {
         let graph = &component.graph;
         let context = graph.display().to_string();
         let choice = self.choice_for(component.name).clone();
@@ -419,7 +534,7 @@ impl Runtime {
             .map_err(Error::ort(&context))?
             .with_memory_pattern(!self.config.low_memory)
             .map_err(Error::ort(&context))?;
-        if let Some(d) = self.dispatch(component.name, &choice)? {
+        if let Some(d) = self.dispatch(component.name, &choice, capture)? {
             builder = builder.with_execution_providers([d]).map_err(|e| {
                 Error::Runtime(format!(
                     "{}: --ep {} could not be registered for {}: {e}",
@@ -570,4 +685,61 @@ fn library_version(path: &Path) -> Result<String> {
         )));
     }
     Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages ONNX Runtime 1.17-1.31 gives when it refuses graph capture at session creation
+    /// (inference_session.cc), and one that is not about capture.
+    #[test]
+    fn capture_refusals_are_recognised_with_their_reason() {
+        let split = "This session cannot use the graph capture feature as requested by the user as all \
+                     compute graph nodes have not been partitioned to the CUDAExecutionProvider";
+        let why = capture_refusal(split).unwrap_or_default();
+        assert!(why.contains("not every node runs on the GPU"), "{why}");
+        assert!(
+            why.contains("partitioned to the CUDAExecutionProvider"),
+            "{why}"
+        );
+        let control = "This session cannot use the graph capture feature as requested by the user as the \
+                       model has control flow nodes which can't be supported by CUDAExecutionProvider";
+        let why = capture_refusal(control).unwrap_or_default();
+        assert!(why.contains("control-flow"), "{why}");
+        assert_eq!(
+            capture_refusal("Load model from unet/model.onnx failed: Protobuf parsing failed"),
+            None
+        );
+    }
+
+    #[test]
+    fn capture_is_for_the_unet_on_a_device_only() {
+        let mut config = RuntimeConfig {
+            cuda_graph: true,
+            ..RuntimeConfig::default()
+        };
+        config.providers.provider = Provider::Cuda;
+        config.per_component.insert(
+            "vae_decoder".into(),
+            ProviderChoice {
+                provider: Provider::Cpu,
+                ..ProviderChoice::default()
+            },
+        );
+        assert!(config.captures("unet"));
+        assert!(!config.captures("text_encoder"));
+        assert!(!config.captures("vae_decoder"));
+        config.per_component.insert(
+            "unet".into(),
+            ProviderChoice {
+                provider: Provider::DirectMl,
+                ..ProviderChoice::default()
+            },
+        );
+        assert!(!config.captures("unet"));
+        config.per_component.remove("unet");
+        config.cuda_graph = false;
+        assert!(!config.captures("unet"));
+    }
 }

@@ -432,6 +432,8 @@ fn bench_reports_all_figures() {
             .is_some()
     );
     assert!(v["end_to_end_ms"]["median"].as_f64().is_some());
+    assert_eq!(v["unet_graph_capture"], "off");
+    assert_eq!(v["unet_calls_io_bound"], v["unet_calls"]);
     let micro = v["scheduler_micro"]["per_scheduler_ms"].as_array().unwrap();
     assert_eq!(micro.len(), 14);
     assert!(micro.iter().all(|m| m["1x4x128x128"].as_f64().is_some()));
@@ -615,6 +617,18 @@ fn execution_providers_are_explicit() {
         "has no TensorrtExecutionProvider",
     );
     expect_usage(&run(&t2i(MODEL, &["--ep", "gpu"])), "--ep gpu");
+    // CUDA graphs need the UNet on a CUDA device; on the CPU that is a usage error, not a silent no-op.
+    expect_usage(
+        &run(&t2i(MODEL, &["--cuda-graph"])),
+        "--cuda-graph: the unet runs on cpu",
+    );
+    expect_usage(
+        &run(&t2i(
+            MODEL,
+            &["--cuda-graph", "--component-ep", "unet=cuda"],
+        )),
+        "has no CUDAExecutionProvider",
+    );
     expect_usage(
         &run(&t2i(MODEL, &["--component-ep", "vae=cpu"])),
         "component is one of",
