@@ -181,9 +181,14 @@ fn runtime_config(
                 )),
             );
         }
+        let latent_ch = profile
+            .latent_channels
+            .as_ref()
+            .map(|c| c.value)
+            .unwrap_or(4);
         trt_profiles.insert(
             "vae_decoder".into(),
-            same(format!("latent_sample:1x4x{lh}x{lw}")),
+            same(format!("latent_sample:1x{latent_ch}x{lh}x{lw}")),
         );
         trt_profiles.insert("vae_encoder".into(), same(format!("sample:1x3x{h}x{w}")));
     }
@@ -971,4 +976,52 @@ fn bench(a: BenchArgs) -> Result<()> {
         println!("  {:<12} {:>9.3} ms {:>11.3} ms", k.name(), ms(*d), ms(*d2));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        rt: RuntimeArgs,
+    }
+
+    /// TensorRT's shape profiles are exactly the requested size and batch (CFG doubles the UNet batch), so one
+    /// engine per size is built and cached, and a new size is a new engine rather than a silent rebuild.
+    #[test]
+    fn tensorrt_profiles_follow_the_request() {
+        let profile = ModelProfile::load(std::path::Path::new("onnx/sd-tiny-optimum"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let args = Wrap::parse_from(["x", "--ep", "tensorrt", "--trt-fp16"]).rt;
+        let hidden = profile
+            .text_encoder
+            .config
+            .as_ref()
+            .and_then(|c| c["hidden_size"].as_u64())
+            .unwrap_or_default();
+        let c = runtime_config(&args, &profile, Some((96, 64, 2, true)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.trt_fp16);
+        assert_eq!(c.providers.provider, Provider::TensorRt);
+        let f = profile.vae_factor.value;
+        let unet = &c.trt_profiles["unet"];
+        let want = format!(
+            "sample:4x4x{}x{},encoder_hidden_states:4x77x{hidden}",
+            64 / f,
+            96 / f
+        );
+        assert_eq!((&unet.min, &unet.opt, &unet.max), (&want, &want, &want));
+        assert_eq!(
+            c.trt_profiles["vae_decoder"].opt,
+            format!("latent_sample:1x4x{}x{}", 64 / f, 96 / f)
+        );
+        assert_eq!(c.trt_profiles["vae_encoder"].opt, "sample:1x3x64x96");
+        // Without guidance the UNet batch is the image batch.
+        let c = runtime_config(&args, &profile, Some((96, 64, 2, false)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.trt_profiles["unet"].opt.starts_with("sample:2x4x"));
+    }
 }
