@@ -2,14 +2,13 @@
 //! down to a multiple of the VAE factor (or the requested size), values mapped to [-1, 1]; masks converted
 //! to L with PIL's integer luma, resized to the image, and binarised at 0.5 (white = repaint).
 //!
-//! Resizing uses the `image` crate's Lanczos3; PIL's LANCZOS filter is the same kernel but not the same
-//! integer arithmetic, so a resized input is close to, not identical with, diffusers'. Inputs already at the
-//! target size are used as they are (bit-identical path).
+//! Resizing is PIL's `Image.resize(..., LANCZOS)` (what the processor calls) ported bit for bit, so a resized
+//! input gives diffusers' tensor exactly; inputs already at the target size are used as they are.
 
 use crate::error::{Error, Result};
-use image::imageops::FilterType;
 use image::{DynamicImage, GenericImageView, ImageReader};
 use ndarray::{Array2, Array4};
+use std::borrow::Cow;
 use std::path::Path;
 
 fn open(path: &Path) -> Result<DynamicImage> {
@@ -49,20 +48,146 @@ pub fn target_size(
 
 /// An RGB image as a (1, 3, H, W) tensor in [-1, 1], resized to (width, height) when needed.
 pub fn load_image(path: &Path, width: usize, height: usize) -> Result<Array4<f32>> {
-    let img = open(path)?;
-    let img = if img.dimensions() == (width as u32, height as u32) {
-        img
-    } else {
-        img.resize_exact(width as u32, height as u32, FilterType::Lanczos3)
-    };
-    let rgb = img.to_rgb8();
+    let rgb = open(path)?.to_rgb8();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let pixels = pil_lanczos(rgb.as_raw(), w, h, 3, width, height);
     Ok(Array4::from_shape_fn(
         (1, 3, height, width),
         |(_, c, y, x)| {
-            let v = rgb.get_pixel(x as u32, y as u32)[c] as f32 / 255.0;
+            let v = pixels[(y * width + x) * 3 + c] as f32 / 255.0;
             2.0 * v - 1.0
         },
     ))
+}
+
+/// Pillow's fixed-point precision for 8-bit resampling (`PRECISION_BITS` in libImaging/Resample.c).
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Pillow's LANCZOS kernel: sinc(x) * sinc(x / 3) on [-3, 3).
+fn lanczos(x: f64) -> f64 {
+    fn sinc(x: f64) -> f64 {
+        if x == 0.0 {
+            1.0
+        } else {
+            let x = x * std::f64::consts::PI;
+            x.sin() / x
+        }
+    }
+    if (-3.0..3.0).contains(&x) {
+        sinc(x) * sinc(x / 3.0)
+    } else {
+        0.0
+    }
+}
+
+/// One axis's resampling taps: for each output position the first input index, the tap count, and the
+/// weights in Pillow's 22-bit fixed point (`precompute_coeffs` + `normalize_coeffs_8bpc`).
+struct Taps {
+    ksize: usize,
+    bounds: Vec<(usize, usize)>,
+    weights: Vec<i32>,
+}
+
+fn taps(in_size: usize, out_size: usize) -> Taps {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = 3.0 * filterscale;
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut bounds = Vec::with_capacity(out_size);
+    let mut weights = vec![0i32; out_size * ksize];
+    let mut k = vec![0f64; ksize];
+    for xx in 0..out_size {
+        let center = (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filterscale;
+        // C's (int) conversion truncates toward zero; negatives are clamped to 0 right after.
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let n = xmax.saturating_sub(xmin);
+        let mut ww = 0.0;
+        for (x, kx) in k.iter_mut().enumerate().take(n) {
+            *kx = lanczos(((x + xmin) as f64 - center + 0.5) * ss);
+            ww += *kx;
+        }
+        for (x, kx) in k.iter().enumerate().take(n) {
+            let v = if ww != 0.0 { kx / ww } else { *kx };
+            let fixed = v * (1u32 << PRECISION_BITS) as f64;
+            weights[xx * ksize + x] = if v < 0.0 {
+                (fixed - 0.5) as i32
+            } else {
+                (fixed + 0.5) as i32
+            };
+        }
+        bounds.push((xmin, n));
+    }
+    Taps {
+        ksize,
+        bounds,
+        weights,
+    }
+}
+
+/// Round and clip a fixed-point accumulator to 8 bits (Pillow's `clip8`).
+fn clip8(acc: i64) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// `PIL.Image.resize((out_w, out_h), Image.LANCZOS)` on interleaved 8-bit pixels, bit for bit: Pillow's two
+/// passes (horizontal first, over only the rows the vertical pass reads; each pass rounded to 8 bits), with
+/// its coefficients. A same-size input is returned unchanged, as PIL does.
+pub fn pil_lanczos(
+    src: &[u8],
+    w: usize,
+    h: usize,
+    channels: usize,
+    out_w: usize,
+    out_h: usize,
+) -> Vec<u8> {
+    if (w, h) == (out_w, out_h) || w == 0 || h == 0 || out_w == 0 || out_h == 0 {
+        return src.to_vec();
+    }
+    let half = 1i64 << (PRECISION_BITS - 1);
+    let vert = taps(h, out_h);
+    let (mut img, mut img_w, mut row0) = (Cow::Borrowed(src), w, 0usize);
+    if out_w != w {
+        let hor = taps(w, out_w);
+        let first = vert.bounds[0].0;
+        let last = vert.bounds[out_h - 1].0 + vert.bounds[out_h - 1].1;
+        let mut tmp = vec![0u8; out_w * (last - first) * channels];
+        for y in first..last {
+            for xx in 0..out_w {
+                let (xmin, n) = hor.bounds[xx];
+                let k = &hor.weights[xx * hor.ksize..xx * hor.ksize + n];
+                for c in 0..channels {
+                    let mut acc = half;
+                    for (x, &kx) in k.iter().enumerate() {
+                        acc += src[(y * w + xmin + x) * channels + c] as i64 * kx as i64;
+                    }
+                    tmp[((y - first) * out_w + xx) * channels + c] = clip8(acc);
+                }
+            }
+        }
+        img = Cow::Owned(tmp);
+        img_w = out_w;
+        row0 = first;
+    }
+    if out_h == h {
+        return img.into_owned();
+    }
+    let mut out = vec![0u8; out_w * out_h * channels];
+    for yy in 0..out_h {
+        let (ymin, n) = vert.bounds[yy];
+        let k = &vert.weights[yy * vert.ksize..yy * vert.ksize + n];
+        for xx in 0..img_w {
+            for c in 0..channels {
+                let mut acc = half;
+                for (y, &ky) in k.iter().enumerate() {
+                    acc += img[((ymin - row0 + y) * img_w + xx) * channels + c] as i64 * ky as i64;
+                }
+                out[(yy * img_w + xx) * channels + c] = clip8(acc);
+            }
+        }
+    }
+    out
 }
 
 /// A mask at (width, height): 1 where the image is repainted (white), 0 where it is kept.
@@ -77,14 +202,17 @@ pub fn load_mask(path: &Path, width: usize, height: usize) -> Result<(Array2<f32
         let l = (p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16;
         image::Luma([l as u8])
     });
-    let luma = if resized {
-        image::imageops::resize(&luma, width as u32, height as u32, FilterType::Lanczos3)
-    } else {
-        luma
-    };
+    let luma = pil_lanczos(
+        luma.as_raw(),
+        rgb.width() as usize,
+        rgb.height() as usize,
+        1,
+        width,
+        height,
+    );
     Ok((
         Array2::from_shape_fn((height, width), |(y, x)| {
-            let v = luma.get_pixel(x as u32, y as u32)[0] as f32 / 255.0;
+            let v = luma[y * width + x] as f32 / 255.0;
             if v < 0.5 { 0.0 } else { 1.0 }
         }),
         resized,
