@@ -863,6 +863,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     pipeline.generate(&req, &mut |_| {})?;
     let mut bound_calls = 0usize;
     let mut capture = crate::runtime::GraphCapture::Off;
+    let mut host_io = Vec::new();
     let (mut unet, mut sched, mut guide, mut text, mut decode, mut total) = (
         Vec::new(),
         Vec::new(),
@@ -878,6 +879,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         bound_calls += g.timings.bound_unet_calls;
         capture = g.timings.unet_capture;
         unet.extend(g.timings.unet);
+        host_io.extend(g.timings.unet_host_io);
         sched.extend(g.timings.scheduler);
         guide.extend(g.timings.guidance);
         text.push(g.timings.text);
@@ -903,6 +905,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         "unet_calls": unet.len(),
         "unet_calls_io_bound": bound_calls,
         "unet_graph_capture": capture_text,
+        "unet_host_io_ms": {"median": ms(median(&host_io)), "share_of_unet_pct": share(median(&host_io))},
         "scheduler_step_ms": {"median": ms(median(&sched)), "p90": ms(quantile(&sched, 0.9)), "share_of_unet_pct": share(median(&sched))},
         "guidance_host_ms": {"median": ms(median(&guide))},
         "vae_decode_ms": ms(median(&decode)),
@@ -941,6 +944,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         "UNet per step         {:>10.2} ms median, {:.2} p90",
         ms(unet_med),
         ms(quantile(&unet, 0.9))
+    );
+    println!(
+        "UNet host I/O per step{:>10.3} ms median ({:.2}% of a UNet step; latents in, output out)",
+        ms(median(&host_io)),
+        share(median(&host_io))
     );
     println!(
         "scheduler per step    {:>10.3} ms median ({:.3}% of a UNet step)",

@@ -292,6 +292,9 @@ pub struct Unet {
     pub bound_runs: usize,
     /// Whether the last `bind` kept the previous binding's buffers (same shapes) instead of allocating.
     pub reused_binding: bool,
+    /// The last bound call's host work around `Session::run`: writing the latents and timestep into the bound
+    /// inputs and reading the output back (the host<->device copies on GPUs, the price of a host scheduler).
+    pub last_host_io: std::time::Duration,
     /// With graph capture: the `gpu_graph_id` the next new set of bound buffers is captured under (ONNX
     /// Runtime reserves 0; -1 turns capture off for a run).
     next_graph_id: i32,
@@ -424,6 +427,7 @@ impl Unet {
             bound: None,
             bound_runs: 0,
             reused_binding: false,
+            last_host_io: std::time::Duration::ZERO,
             next_graph_id: 1,
         })
     }
@@ -604,6 +608,7 @@ impl Unet {
             TimestepInput::Scalar(_) => 1,
             TimestepInput::PerSample(_) => sample.shape()[0],
         };
+        let t0 = std::time::Instant::now();
         match b.staging.as_mut() {
             None => {
                 b.sample.fill(sample.iter().map(|&v| v as f64));
@@ -616,11 +621,13 @@ impl Unet {
                 ts.copy_into(&mut b.timestep).map_err(Error::ort(&ctx))?;
             }
         }
+        let staged_in = t0.elapsed();
         match &b.run_options {
             Some(o) => self.graph.session.run_binding_with_options(&b.binding, o),
             None => self.graph.session.run_binding(&b.binding),
         }
         .map_err(Error::ort(&ctx))?;
+        let t2 = std::time::Instant::now();
         let data = match b.staging.as_mut() {
             None => b.output.read(),
             Some((_, _, out)) => {
@@ -628,6 +635,7 @@ impl Unet {
                 out.read()
             }
         };
+        self.last_host_io = staged_in + t2.elapsed();
         let sh = sample.shape();
         let c = data.len() / (sh[0] * sh[2] * sh[3]).max(1);
         Array4::from_shape_vec((sh[0], c, sh[2], sh[3]), data)

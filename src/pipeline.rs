@@ -143,6 +143,9 @@ pub struct Timings {
     pub text: Duration,
     /// Each UNet `Session::run`, input conversion included.
     pub unet: Vec<Duration>,
+    /// Of each bound UNet call, the host work around `Session::run`: latents and timestep into the bound
+    /// inputs, the output back (host<->device copies on GPUs). Included in `unet`.
+    pub unet_host_io: Vec<Duration>,
     /// Each step's `scale_model_input` + `step`.
     pub scheduler: Vec<Duration>,
     /// Each step's other host work: CFG batch concat and guidance arithmetic.
@@ -563,7 +566,12 @@ impl<'r> Pipeline<'r> {
                 input = concatenate(Axis(1), &[input.view(), m.view(), mi.view()])
                     .map_err(|e| Error::Usage(e.to_string()))?;
             }
-            let out = self.unet()?.run(&input, t, &context)?;
+            let unet = self.unet()?;
+            let bound_before = unet.bound_runs;
+            let out = unet.run(&input, t, &context)?;
+            if unet.bound_runs > bound_before {
+                timings.unet_host_io.push(unet.last_host_io);
+            }
             let t3 = Instant::now();
             let noise_pred = if guided {
                 let b = req.batch;

@@ -433,6 +433,7 @@ fn bench_reports_all_figures() {
     );
     assert!(v["end_to_end_ms"]["median"].as_f64().is_some());
     assert_eq!(v["unet_graph_capture"], "off");
+    assert!(v["unet_host_io_ms"]["median"].as_f64().unwrap() > 0.0);
     assert_eq!(v["unet_calls_io_bound"], v["unet_calls"]);
     let micro = v["scheduler_micro"]["per_scheduler_ms"].as_array().unwrap();
     assert_eq!(micro.len(), 14);

@@ -75,7 +75,7 @@ for f in sorted(glob.glob(os.path.join(sys.argv[1], "bench_*_*.json"))):
     mode = os.path.basename(f).split("_")[1]
     rows.setdefault(mode, []).append(b)
     print(os.path.basename(f), {k: b.get(k) for k in ("unet_step_ms", "unet_calls", "unet_calls_io_bound",
-          "unet_graph_capture", "text_encoding_ms", "vae_decode_ms", "end_to_end_ms", "session_creation_ms")})
+          "unet_graph_capture", "unet_host_io_ms", "text_encoding_ms", "vae_decode_ms", "end_to_end_ms", "session_creation_ms")})
 med = lambda bs, k: sorted(b[k]["median"] for b in bs)[len(bs) // 2]
 if "plain" in rows and "graph" in rows:
     p, g = rows["plain"], rows["graph"]
