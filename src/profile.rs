@@ -137,6 +137,26 @@ impl ModelProfile {
             ));
         }
         let index = optional_json(&dir.join("model_index.json"))?;
+        // SDXL (two text encoders, pooled embeddings, size/crop time ids) is a different pipeline: say so up
+        // front instead of failing later on an input the UNet lacks.
+        let class = index
+            .as_ref()
+            .and_then(|v| v["_class_name"].as_str())
+            .unwrap_or("");
+        if class.contains("XL") || dir.join("text_encoder_2").is_dir() {
+            let what = if class.is_empty() {
+                "text_encoder_2/"
+            } else {
+                class
+            };
+            return Err(Error::model(
+                dir,
+                format!(
+                    "an SDXL pipeline ({what}): not supported yet; sd-onnx runs Stable Diffusion 1.x/2.x \
+                     exports (one CLIP text encoder)"
+                ),
+            ));
+        }
         let text_encoder = required(dir, "text_encoder")?;
         let unet = required(dir, "unet")?;
         let vae_decoder = required(dir, "vae_decoder")?;
@@ -149,10 +169,6 @@ impl ModelProfile {
                 "missing: the folder has no tokenizer",
             ));
         }
-        let class = index
-            .as_ref()
-            .and_then(|v| v["_class_name"].as_str())
-            .unwrap_or("");
         let layout = if class.starts_with("Onnx") {
             Layout::DiffusersConvert
         } else if unet.config.is_some() || class.starts_with("ORT") {

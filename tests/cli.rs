@@ -98,6 +98,12 @@ fn broken_folders_are_named() {
     copy_dir(Path::new(MODEL), &bad_tok);
     std::fs::write(bad_tok.join("tokenizer/vocab.json"), "not json").unwrap();
     expect_usage(&run(&t2i(bad_tok.to_str().unwrap(), &[])), "vocab.json");
+
+    // An SDXL export (optimum writes text_encoder_2/) is named as such, not failed on a missing UNet input.
+    let xl = d.join("xl");
+    copy_dir(Path::new(MODEL), &xl);
+    std::fs::create_dir_all(xl.join("text_encoder_2")).unwrap();
+    expect_usage(&run(&t2i(xl.to_str().unwrap(), &[])), "an SDXL pipeline");
     let _ = std::fs::remove_dir_all(&d);
 }
 
