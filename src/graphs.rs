@@ -623,10 +623,21 @@ impl Unet {
         }
         let staged_in = t0.elapsed();
         match &b.run_options {
-            Some(o) => self.graph.session.run_binding_with_options(&b.binding, o),
-            None => self.graph.session.run_binding(&b.binding),
-        }
-        .map_err(Error::ort(&ctx))?;
+            // A failure while capturing or replaying is reported as such: the same run without
+            // `--cuda-graph` takes the ordinary path.
+            Some(o) => self
+                .graph
+                .session
+                .run_binding_with_options(&b.binding, o)
+                .map_err(Error::ort(format!(
+                    "{ctx} with --cuda-graph (try without it)"
+                )))?,
+            None => self
+                .graph
+                .session
+                .run_binding(&b.binding)
+                .map_err(Error::ort(&ctx))?,
+        };
         let t2 = std::time::Instant::now();
         let data = match b.staging.as_mut() {
             None => b.output.read(),
