@@ -225,9 +225,9 @@ pub struct Txt2ImgArgs {
     /// Karras sigmas (use_karras_sigmas=True).
     #[arg(long)]
     pub karras: bool,
-    /// Seed (default: random, printed).
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// Seed (default, or -1 as in A1111: random, printed).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_seed)]
+    pub seed: Option<SeedArg>,
     /// torch: torch.Generator("cpu") (diffusers' PyTorch pipelines); numpy: RandomState (diffusers' ONNX
     /// pipelines); philox: torch.Generator("cuda") on NVIDIA GPUs (A1111's GPU/NV seeds), to ~1e-6.
     #[arg(long, default_value = "torch")]
@@ -335,6 +335,20 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `--seed`: a number, or -1 for a random one (A1111's convention).
+#[derive(Clone, Copy, Debug)]
+pub struct SeedArg(pub Option<u64>);
+
+fn parse_seed(s: &str) -> std::result::Result<SeedArg, String> {
+    if s.trim() == "-1" {
+        return Ok(SeedArg(None));
+    }
+    s.trim()
+        .parse::<u64>()
+        .map(|v| SeedArg(Some(v)))
+        .map_err(|_| format!("`{s}` is not a seed (0 to 2^64-1, or -1 for a random one)"))
+}
+
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -436,7 +450,7 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
             "has no vae_encoder: img2img and inpainting need one (export the pipeline with its VAE encoder)",
         ));
     }
-    let seed = a.seed.unwrap_or_else(random_seed);
+    let seed = a.seed.and_then(|s| s.0).unwrap_or_else(random_seed);
     let req = Request {
         prompt: a.prompt,
         negative_prompt: a.negative_prompt,
@@ -513,7 +527,7 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    if a.seed.is_none() && !a.quiet {
+    if a.seed.and_then(|s| s.0).is_none() && !a.quiet {
         eprintln!("seed: {seed}");
     }
     if pipeline.encoder_output() == Some(crate::graphs::EncoderOutput::Sample)

@@ -69,6 +69,10 @@ fn bad_inputs_exit_2_with_one_line() {
         "unknown scheduler `heunx`",
     );
     expect_usage(&run(&t2i(MODEL, &["--rng", "cuda"])), "--rng cuda");
+    // A value clap's parser rejects: exit 2 with clap's own (multi-line) usage message.
+    let o = run(&t2i(MODEL, &["--seed", "-2"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("-1 for a random one"), "{}", stderr(&o));
     // clap's own usage errors are exit 2 as well.
     assert_eq!(run(&["txt2img", "--prompt", "x"]).status.code(), Some(2));
 }
@@ -328,6 +332,24 @@ fn defaults_follow_the_folder_and_print_the_seed() {
         text.contains(&format!("Seed: {seed}, Size: 64x64")),
         "{text}"
     );
+    // A1111's `--seed -1` is a random seed too, printed.
+    let out = d.join("minus-one.png");
+    let o = run(&[
+        "txt2img",
+        "--model",
+        MODEL,
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--seed",
+        "-1",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("seed: "), "{}", stderr(&o));
+    assert!(out.is_file());
     let _ = std::fs::remove_dir_all(&d);
 }
 
