@@ -407,13 +407,31 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
             )));
         }
     };
-    let factor = profile.vae_factor.value;
+    let mut notes = Vec::new();
     let (dw, dh) = match &init {
-        Some(i) => crate::images::target_size(&i.image, a.width, a.height, factor)?,
+        Some(i) => {
+            // diffusers rounds an input's size down to the VAE factor; the exported UNet needs its own
+            // multiple, so the size is rounded to that (and said) rather than failing inside the graph.
+            let vae = profile.vae_factor.value;
+            let by_vae = crate::images::target_size(&i.image, a.width, a.height, vae)?;
+            let m = profile.size_multiple.value;
+            let by_unet = crate::images::target_size(&i.image, a.width, a.height, m)?;
+            if by_unet != by_vae && (a.width.is_none() || a.height.is_none()) {
+                notes.push(format!(
+                    "{}: used at {}x{} (diffusers would take {}x{}, which this export cannot run: sizes must \
+                     be multiples of {m})",
+                    i.image.display(),
+                    by_unet.0,
+                    by_unet.1,
+                    by_vae.0,
+                    by_vae.1
+                ));
+            }
+            by_unet
+        }
         None => profile.default_size(),
     };
     let (width, height) = (a.width.unwrap_or(dw), a.height.unwrap_or(dh));
-    let mut notes = Vec::new();
     let init = match init {
         None => None,
         Some(spec) => {
@@ -717,6 +735,7 @@ fn inspect(a: InspectArgs) -> Result<()> {
         "tokenizer": {"dir": profile.tokenizer_dir, "tokenizer_json": profile.tokenizer_dir.join("tokenizer.json").is_file(), "pad_token": pad_token, "pad_id": pad_id},
         "vae_scaling_factor": {"value": profile.vae_scaling_factor.value, "from": profile.vae_scaling_factor.source},
         "vae_factor": {"value": profile.vae_factor.value, "from": profile.vae_factor.source},
+        "size_multiple": {"value": profile.size_multiple.value, "from": profile.size_multiple.source},
         "latent_channels": profile.latent_channels.as_ref().map(|c| serde_json::json!({"value": c.value, "from": c.source})),
         "default_size": profile.default_size(),
         "problems": problems,
@@ -784,6 +803,10 @@ fn inspect(a: InspectArgs) -> Result<()> {
     println!(
         "VAE factor: {} ({})",
         profile.vae_factor.value, profile.vae_factor.source
+    );
+    println!(
+        "sizes:      multiples of {} ({})",
+        profile.size_multiple.value, profile.size_multiple.source
     );
     let (w, h) = profile.default_size();
     println!("default size: {w}x{h}");

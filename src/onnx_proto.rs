@@ -92,6 +92,17 @@ pub fn operators(model: &[u8]) -> Option<std::collections::BTreeSet<(String, Str
     Some(nodes.into_iter().map(|n| (n.domain, n.op)).collect())
 }
 
+/// How many nodes of the main graph have one of these op types.
+pub fn count_ops(model: &[u8], ops: &[&str]) -> Option<usize> {
+    let (nodes, _) = parse_graph(model)?;
+    Some(
+        nodes
+            .iter()
+            .filter(|n| ops.contains(&n.op.as_str()))
+            .count(),
+    )
+}
+
 /// Input channels of the first Conv reached from graph input `input` (through Cast nodes), if any.
 pub fn input_conv_channels(model: &[u8], input: &str) -> Option<usize> {
     let (nodes, dims) = parse_graph(model)?;

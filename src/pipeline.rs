@@ -55,11 +55,12 @@ impl Request {
     /// Validate the request against the model and build its scheduler (with `--karras` applied), so that
     /// callers can fail before loading any graph. The pipeline calls it too.
     pub fn check(&self, profile: &ModelProfile) -> Result<Box<dyn Scheduler>> {
-        let factor = profile.vae_factor.value;
+        let m = &profile.size_multiple;
         for (flag, v) in [("--width", self.width), ("--height", self.height)] {
-            if v == 0 || !v.is_multiple_of(factor) {
+            if v == 0 || !v.is_multiple_of(m.value) {
                 return Err(Error::Usage(format!(
-                    "{flag} {v} is not a positive multiple of {factor} (the VAE factor)"
+                    "{flag} {v} is not a positive multiple of {} ({})",
+                    m.value, m.source
                 )));
             }
         }

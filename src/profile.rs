@@ -63,6 +63,10 @@ pub struct ModelProfile {
     pub vae_scaling_factor: Sourced<f32>,
     /// Image pixels per latent pixel.
     pub vae_factor: Sourced<usize>,
+    /// What image sizes must be multiples of: the VAE factor times 2 for each time the UNet halves the latent.
+    /// An exported UNet upsamples by a fixed factor of 2 (diffusers' odd-size path is not traced), so other
+    /// sizes fail inside the graph.
+    pub size_multiple: Sourced<usize>,
     /// Channels of the latents the UNet denoises; `None` means "ask the graph".
     pub latent_channels: Option<Sourced<usize>>,
     /// UNet input channels (9 for inpainting UNets) when a config says.
@@ -126,6 +130,17 @@ fn required(dir: &Path, name: &'static str) -> Result<Component> {
             format!("missing: the folder has no {name} graph"),
         )
     })
+}
+
+/// The UNet's upsampling layers counted in its graph, when the graph file is small enough to read at start-up
+/// (exports keep weights outside model.onnx; a single-file graph of hundreds of MB is not read).
+fn graph_upsamplers(graph: &Path) -> Option<usize> {
+    const MAX_READ: u64 = 64 << 20;
+    if std::fs::metadata(graph).ok()?.len() > MAX_READ {
+        return None;
+    }
+    let bytes = std::fs::read(graph).ok()?;
+    crate::onnx_proto::count_ops(&bytes, &["Resize", "Upsample"])
 }
 
 impl ModelProfile {
@@ -235,6 +250,29 @@ impl ModelProfile {
             },
         };
         let ucfg = unet.config.as_ref();
+        // diffusers' UNet2DConditionModel has one downsampler per block but the last.
+        let halvings = match ucfg
+            .and_then(|c| c["block_out_channels"].as_array())
+            .map(|a| a.len())
+        {
+            Some(n) if n >= 1 => Some((n - 1, "unet/config.json block_out_channels".to_string())),
+            _ => graph_upsamplers(&unet.graph).map(|n| {
+                (
+                    n,
+                    "Resize nodes in unet/model.onnx (no unet config.json)".to_string(),
+                )
+            }),
+        };
+        let size_multiple = match halvings {
+            Some((n, source)) => Sourced {
+                value: vae_factor.value << n.min(8),
+                source: format!("VAE factor x 2^{n}: {source}"),
+            },
+            None => Sourced {
+                value: vae_factor.value,
+                source: "VAE factor (the UNet's depth is unknown)".into(),
+            },
+        };
         let unet_in_channels = ucfg
             .and_then(|c| c["in_channels"].as_u64())
             .map(|v| v as usize);
@@ -272,6 +310,7 @@ impl ModelProfile {
             scheduler_class,
             vae_scaling_factor,
             vae_factor,
+            size_multiple,
             latent_channels,
             unet_in_channels,
             unet_sample_size,
@@ -315,6 +354,12 @@ mod tests {
         assert_eq!(conv.default_size(), (512, 512));
         assert_eq!(conv.unet.external_data.len(), 1);
         assert!((conv.vae_scaling_factor.value - 0.18215).abs() < 1e-9);
+        // The tiny UNet halves the latent once: sizes must be multiples of 16, from its config or (convert
+        // layout, no config) from the one Resize node in its graph.
+        assert_eq!(opt.size_multiple.value, 16);
+        assert!(opt.size_multiple.source.contains("config.json"));
+        assert_eq!(conv.size_multiple.value, 16);
+        assert!(conv.size_multiple.source.contains("Resize"));
     }
 
     #[test]
@@ -335,6 +380,8 @@ mod tests {
         let p = ModelProfile::load(&tmp).unwrap();
         assert!((p.vae_scaling_factor.value - 0.13025).abs() < 1e-7);
         assert_eq!(p.vae_factor.value, 4);
+        // An unreadable UNet graph and no UNet config: only the VAE factor is known.
+        assert_eq!(p.size_multiple.value, 4);
         let _ = std::fs::remove_dir_all(&tmp);
     }
 }

@@ -58,6 +58,12 @@ fn t2i<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 fn bad_inputs_exit_2_with_one_line() {
     expect_usage(&run(&t2i("no/such/folder", &[])), "no/such/folder");
     expect_usage(&run(&t2i(MODEL, &["--width", "65"])), "--width 65");
+    // A multiple of 8 that the exported UNet cannot run (it halves the latent once): said up front, not an
+    // ONNX Runtime Concat error midway.
+    expect_usage(
+        &run(&t2i(MODEL, &["--width", "72"])),
+        "--width 72 is not a positive multiple of 16",
+    );
     expect_usage(
         &run(&[
             "txt2img", "--model", MODEL, "--prompt", "a cat", "--steps", "0",
@@ -535,6 +541,34 @@ fn img2img_and_inpaint_inputs() {
             .text
             .contains("Denoising strength: 0,")
     );
+
+    // A 200x37 input: diffusers would take 200x32, which this UNet cannot run (multiples of 16): it is
+    // used at 192x32, with a note saying why.
+    let o = run(&[
+        "img2img",
+        "--model",
+        MODEL,
+        "--prompt",
+        "a cat",
+        "--steps",
+        "3",
+        "--seed",
+        "1",
+        "--init-image",
+        "tests/fixtures/resize/src-200x37.png",
+        "--output",
+        out_s,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("used at 192x32 (diffusers would take 200x32"),
+        "{}",
+        stderr(&o)
+    );
+    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()))
+        .read_info()
+        .unwrap();
+    assert_eq!((reader.info().width, reader.info().height), (192, 32));
 
     // Inpainting with a 32x32 RGB mask on a 64x64 image: resized, with a note; 9-channel model too.
     for model in [MODEL, "onnx/sd-tiny-inpaint-optimum"] {
