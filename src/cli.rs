@@ -127,6 +127,17 @@ fn runtime_config(
         .iter()
         .map(|o| split_kv("--ep-option", o).map(|(k, v)| (k.to_string(), v.to_string())))
         .collect::<Result<Vec<_>>>()?;
+    // Graph capture needs fixed buffers and one graph id per buffer set, which only --cuda-graph arranges; the
+    // raw provider option would also capture the text encoder and VAE runs, with ONNX Runtime's own outputs.
+    if let Some((k, _)) = options
+        .iter()
+        .find(|(k, _)| k == "enable_cuda_graph" || k == "trt_cuda_graph_enable")
+    {
+        return Err(Error::Usage(format!(
+            "--ep-option {k}: use --cuda-graph instead (it binds the UNet's buffers at fixed addresses and \
+             captures the UNet only)"
+        )));
+    }
     let providers = ProviderChoice {
         provider: Provider::parse(&a.ep)?,
         device_id: a.device_id,

@@ -693,6 +693,10 @@ fn execution_providers_are_explicit() {
         "has no CUDAExecutionProvider",
     );
     expect_usage(
+        &run(&t2i(MODEL, &["--ep-option", "enable_cuda_graph=1"])),
+        "use --cuda-graph instead",
+    );
+    expect_usage(
         &run(&t2i(MODEL, &["--component-ep", "vae=cpu"])),
         "component is one of",
     );
