@@ -93,7 +93,8 @@ def write_clip_vocab(out: Path):
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
 
 
-def build_pipeline(work: Path, in_channels: int = 4, text_width: int = 16, name: str = "pt"):
+def build_pipeline(work: Path, in_channels: int = 4, text_width: int = 16, name: str = "pt",
+                   time_cond_proj_dim=None):
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -109,6 +110,7 @@ def build_pipeline(work: Path, in_channels: int = 4, text_width: int = 16, name:
         cross_attention_dim=text_width,
         attention_head_dim=2,
         norm_num_groups=8,
+        time_cond_proj_dim=time_cond_proj_dim,  # set for guidance-distilled (LCM) UNets: w enters as an embedding
     )
     vae = AutoencoderKL(
         block_out_channels=[8, 8, 16, 16],  # four levels -> spatial factor 8, like real SD

@@ -743,6 +743,7 @@ fn inspect(a: InspectArgs) -> Result<()> {
         "components": components,
         "scheduler": {"class": profile.scheduler_class, "ported_as": profile.default_scheduler.map(|k| k.name()), "config": profile.scheduler_config.raw()},
         "prediction_type": profile.prediction_type,
+        "guidance_embedding": profile.guidance_embedding.as_ref().map(|g| serde_json::json!({"width": g.value, "from": g.source})),
         "tokenizer": {"dir": profile.tokenizer_dir, "tokenizer_json": profile.tokenizer_dir.join("tokenizer.json").is_file(), "pad_token": pad_token, "pad_id": pad_id},
         "vae_scaling_factor": {"value": profile.vae_scaling_factor.value, "from": profile.vae_scaling_factor.source},
         "vae_factor": {"value": profile.vae_factor.value, "from": profile.vae_factor.source},
@@ -801,6 +802,15 @@ fn inspect(a: InspectArgs) -> Result<()> {
             .unwrap_or("not ported")
     );
     println!("prediction: {}", profile.prediction_type);
+    match &profile.guidance_embedding {
+        Some(g) => println!(
+            "guidance:   embedded ({}-wide `timestep_cond`, {}; one UNet pass per step, no negative prompt)",
+            g.value, g.source
+        ),
+        None => {
+            println!("guidance:   classifier-free (two UNet passes per step when --guidance > 1)")
+        }
+    }
     if let (Some(p), Some(id)) = (&report["tokenizer"]["pad_token"].as_str(), pad_id) {
         println!(
             "tokenizer:  {} (pad token {p:?} = {id})",

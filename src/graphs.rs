@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::profile::Component;
 use crate::runtime::{GraphCapture, Runtime};
 use half::f16;
-use ndarray::{Array3, Array4};
+use ndarray::{Array2, Array3, Array4};
 use ort::memory::{Allocator, MemoryInfo};
 use ort::session::{IoBinding, RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
@@ -288,6 +288,8 @@ pub struct Unet {
     /// Device memory for bound buffers (CUDA/TensorRT), else host.
     device: Option<MemoryInfo<'static>>,
     bound: Option<Bound>,
+    /// Whether the graph takes `timestep_cond` (a guidance-distilled UNet: the guidance scale as an embedding).
+    pub takes_guidance: bool,
     /// UNet calls served through the IO binding (for tests and `bench`).
     pub bound_runs: usize,
     /// Whether the last `bind` kept the previous binding's buffers (same shapes) instead of allocating.
@@ -388,7 +390,6 @@ impl Buf {
 struct Bound {
     binding: IoBinding,
     sample_shape: Vec<usize>,
-    context_shape: Vec<usize>,
     /// False between `unbind` and the next `bind`: kept buffers are reused, never read stale.
     active: bool,
     /// With graph capture: `gpu_graph_id` = this binding's graph. A captured graph reads and writes these
@@ -399,8 +400,22 @@ struct Bound {
     output: Buf,
     /// Host staging copies when the bound buffers live on the device: (sample, timestep, output).
     staging: Option<(Buf, Buf, Buf)>,
-    /// The bound text embeddings (kept alive for the binding's lifetime, refilled when shapes repeat).
-    context: Buf,
+    /// The bound constant inputs (name, shape, buffer): text embeddings, guidance embedding. Kept alive for
+    /// the binding's lifetime, refilled when the shapes repeat.
+    constants: Vec<(String, Vec<usize>, Buf)>,
+}
+
+/// Write `data` into a bound buffer: directly in host memory, through a host copy for device memory.
+fn refill(buf: &mut Buf, on_device: bool, shape: &[usize], data: &[f32]) -> ort::Result<()> {
+    let values = data.iter().map(|&v| v as f64);
+    if on_device {
+        let mut host = Buf::new(&Allocator::default(), buf.element_type(), shape)?;
+        host.fill(values);
+        host.copy_into(buf)
+    } else {
+        buf.fill(values);
+        Ok(())
+    }
 }
 
 impl Unet {
@@ -419,12 +434,14 @@ impl Unet {
         };
         let out = graph.output_name("out_sample")?;
         let device = runtime.device_memory(c.name)?;
+        let takes_guidance = graph.inputs.iter().any(|p| p.name == "timestep_cond");
         Ok(Unet {
             graph,
             timestep,
             out,
             device,
             bound: None,
+            takes_guidance,
             bound_runs: 0,
             reused_binding: false,
             last_host_io: std::time::Duration::ZERO,
@@ -437,26 +454,40 @@ impl Unet {
         &self.graph.capture
     }
 
-    /// Bind for a run of UNet calls with this context and sample shape: the context is uploaded once, the
-    /// other buffers are allocated once. `run` then uses the binding while the shapes match.
+    /// Bind for a run of UNet calls with these constant inputs (the text embeddings and, for guidance-distilled
+    /// UNets, the guidance embedding) and this sample shape: the constants are uploaded once, the other buffers
+    /// are allocated once. `run` then uses the binding while the shapes match.
     ///
-    /// When the previous binding had the same shapes its buffers are kept and only the context is refilled:
+    /// When the previous binding had the same shapes its buffers are kept and only the constants are refilled:
     /// nothing is reallocated between generations, and a captured device graph stays valid.
-    pub fn bind(&mut self, context: &Array3<f32>, sample_shape: &[usize]) -> Result<()> {
+    pub fn bind(
+        &mut self,
+        context: &Array3<f32>,
+        guidance: Option<&Array2<f32>>,
+        sample_shape: &[usize],
+    ) -> Result<()> {
         let ctx = format!("{}: IO binding", self.graph.path.display());
+        let context = context.as_standard_layout();
+        let guidance = guidance.map(|g| g.as_standard_layout());
+        let mut constants: Vec<(&'static str, &[usize], &[f32])> = vec![(
+            "encoder_hidden_states",
+            context.shape(),
+            context.as_slice().unwrap_or_default(),
+        )];
+        if let Some(g) = &guidance {
+            constants.push(("timestep_cond", g.shape(), g.as_slice().unwrap_or_default()));
+        }
+        let on_device = self.device.is_some();
         if let Some(b) = self.bound.as_mut()
             && b.sample_shape == sample_shape
-            && b.context_shape == context.shape()
+            && b.constants.len() == constants.len()
+            && b.constants
+                .iter()
+                .zip(&constants)
+                .all(|((n, sh, _), (name, shape, _))| n == name && sh.as_slice() == *shape)
         {
-            let values = context.iter().map(|&v| v as f64);
-            if self.device.is_some() {
-                let ty = b.context.element_type();
-                let mut host = Buf::new(&Allocator::default(), ty, context.shape())
-                    .map_err(Error::ort(&ctx))?;
-                host.fill(values);
-                host.copy_into(&mut b.context).map_err(Error::ort(&ctx))?;
-            } else {
-                b.context.fill(values);
+            for ((_, shape, buf), (_, _, data)) in b.constants.iter_mut().zip(&constants) {
+                refill(buf, on_device, shape, data).map_err(Error::ort(&ctx))?;
             }
             b.active = true;
             self.reused_binding = true;
@@ -479,9 +510,9 @@ impl Unet {
                 .iter()
                 .find(|p| p.name == name)
                 .and_then(|p| p.dtype)
+                .unwrap_or(TensorElementType::Float32)
         };
-        let sample_ty = port_type("sample").unwrap_or(TensorElementType::Float32);
-        let ctx_ty = port_type("encoder_hidden_states").unwrap_or(TensorElementType::Float32);
+        let sample_ty = port_type("sample");
         let out_ty = self
             .graph
             .outputs
@@ -500,86 +531,58 @@ impl Unet {
             sample_shape[3],
         ];
         let host = Allocator::default();
+        let dev = match &self.device {
+            Some(mem) => {
+                Some(Allocator::new(&self.graph.session, mem.clone()).map_err(Error::ort(&ctx))?)
+            }
+            None => None,
+        };
+        let alloc = dev.as_ref().unwrap_or(&host);
         let mut binding = self
             .graph
             .session
             .create_binding()
             .map_err(Error::ort(&ctx))?;
-        let mut context_buf = Buf::new(&host, ctx_ty, context.shape()).map_err(Error::ort(&ctx))?;
-        context_buf.fill(context.iter().map(|&v| v as f64));
-        let bound = match &self.device {
-            None => {
-                context_buf
-                    .bind_input(&mut binding, "encoder_hidden_states")
-                    .map_err(Error::ort(&ctx))?;
-                let sample = Buf::new(&host, sample_ty, sample_shape).map_err(Error::ort(&ctx))?;
-                let timestep = Buf::new(&host, ts_ty, &ts_shape).map_err(Error::ort(&ctx))?;
-                let mut output = Buf::new(&host, out_ty, &out_shape).map_err(Error::ort(&ctx))?;
-                sample
-                    .bind_input(&mut binding, "sample")
-                    .map_err(Error::ort(&ctx))?;
-                timestep
-                    .bind_input(&mut binding, "timestep")
-                    .map_err(Error::ort(&ctx))?;
-                output
-                    .bind_output(&mut binding, &self.out)
-                    .map_err(Error::ort(&ctx))?;
-                Bound {
-                    binding,
-                    sample_shape: sample_shape.to_vec(),
-                    context_shape: context.shape().to_vec(),
-                    active: true,
-                    run_options,
-                    sample,
-                    timestep,
-                    output,
-                    staging: None,
-                    context: context_buf,
-                }
-            }
-            Some(mem) => {
-                let dev =
-                    Allocator::new(&self.graph.session, mem.clone()).map_err(Error::ort(&ctx))?;
-                let mut context_dev =
-                    Buf::new(&dev, ctx_ty, context.shape()).map_err(Error::ort(&ctx))?;
-                context_buf
-                    .copy_into(&mut context_dev)
-                    .map_err(Error::ort(&ctx))?;
-                context_dev
-                    .bind_input(&mut binding, "encoder_hidden_states")
-                    .map_err(Error::ort(&ctx))?;
-                let sample = Buf::new(&dev, sample_ty, sample_shape).map_err(Error::ort(&ctx))?;
-                let timestep = Buf::new(&dev, ts_ty, &ts_shape).map_err(Error::ort(&ctx))?;
-                let mut output = Buf::new(&dev, out_ty, &out_shape).map_err(Error::ort(&ctx))?;
-                sample
-                    .bind_input(&mut binding, "sample")
-                    .map_err(Error::ort(&ctx))?;
-                timestep
-                    .bind_input(&mut binding, "timestep")
-                    .map_err(Error::ort(&ctx))?;
-                output
-                    .bind_output(&mut binding, &self.out)
-                    .map_err(Error::ort(&ctx))?;
-                let staging = (
-                    Buf::new(&host, sample_ty, sample_shape).map_err(Error::ort(&ctx))?,
-                    Buf::new(&host, ts_ty, &ts_shape).map_err(Error::ort(&ctx))?,
-                    Buf::new(&host, out_ty, &out_shape).map_err(Error::ort(&ctx))?,
-                );
-                Bound {
-                    binding,
-                    sample_shape: sample_shape.to_vec(),
-                    context_shape: context.shape().to_vec(),
-                    active: true,
-                    run_options,
-                    sample,
-                    timestep,
-                    output,
-                    staging: Some(staging),
-                    context: context_dev,
-                }
-            }
+        let mut bound_constants = Vec::with_capacity(constants.len());
+        for (name, shape, data) in &constants {
+            let mut buf = Buf::new(alloc, port_type(name), shape).map_err(Error::ort(&ctx))?;
+            refill(&mut buf, on_device, shape, data).map_err(Error::ort(&ctx))?;
+            buf.bind_input(&mut binding, name)
+                .map_err(Error::ort(&ctx))?;
+            bound_constants.push((name.to_string(), shape.to_vec(), buf));
+        }
+        let sample = Buf::new(alloc, sample_ty, sample_shape).map_err(Error::ort(&ctx))?;
+        let timestep = Buf::new(alloc, ts_ty, &ts_shape).map_err(Error::ort(&ctx))?;
+        let mut output = Buf::new(alloc, out_ty, &out_shape).map_err(Error::ort(&ctx))?;
+        sample
+            .bind_input(&mut binding, "sample")
+            .map_err(Error::ort(&ctx))?;
+        timestep
+            .bind_input(&mut binding, "timestep")
+            .map_err(Error::ort(&ctx))?;
+        output
+            .bind_output(&mut binding, &self.out)
+            .map_err(Error::ort(&ctx))?;
+        let staging = if on_device {
+            Some((
+                Buf::new(&host, sample_ty, sample_shape).map_err(Error::ort(&ctx))?,
+                Buf::new(&host, ts_ty, &ts_shape).map_err(Error::ort(&ctx))?,
+                Buf::new(&host, out_ty, &out_shape).map_err(Error::ort(&ctx))?,
+            ))
+        } else {
+            None
         };
-        self.bound = Some(bound);
+        self.bound = Some(Bound {
+            binding,
+            sample_shape: sample_shape.to_vec(),
+            active: true,
+            run_options,
+            sample,
+            timestep,
+            output,
+            staging,
+            constants: bound_constants,
+        });
         Ok(())
     }
 
@@ -679,6 +682,7 @@ impl Unet {
         sample: &Array4<f32>,
         t: f64,
         context: &Array3<f32>,
+        guidance: Option<&Array2<f32>>,
     ) -> Result<Array4<f32>> {
         if let Some(out) = self.run_bound(sample, t)? {
             self.bound_runs += 1;
@@ -708,14 +712,19 @@ impl Unet {
                 .graph
                 .float_input("timestep", vec![t as f32; n], shape)?,
         };
-        let out = self.graph.run4(
-            vec![
-                ("sample".into(), sample_v),
-                ("timestep".into(), ts_v),
-                ("encoder_hidden_states".into(), ctx_v),
-            ],
-            &self.out.clone(),
-        )?;
+        let mut inputs: Vec<(Cow<'static, str>, DynValue)> = vec![
+            ("sample".into(), sample_v),
+            ("timestep".into(), ts_v),
+            ("encoder_hidden_states".into(), ctx_v),
+        ];
+        if let Some(g) = guidance {
+            let shape = g.shape().iter().map(|&d| d as i64).collect();
+            let v = self
+                .graph
+                .float_input("timestep_cond", g.iter().copied().collect(), shape)?;
+            inputs.push(("timestep_cond".into(), v));
+        }
+        let out = self.graph.run4(inputs, &self.out.clone())?;
         if out.shape()[0] != b {
             return Err(Error::model(
                 &self.graph.path,

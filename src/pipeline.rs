@@ -277,7 +277,29 @@ impl<'r> Pipeline<'r> {
 
     fn unet(&mut self) -> Result<&mut Unet> {
         if self.unet.is_none() {
-            self.unet = Some(Unet::load(self.runtime, &self.profile.unet)?);
+            let unet = Unet::load(self.runtime, &self.profile.unet)?;
+            // Whether the UNet takes the guidance as an embedding decides the text encoding (no unconditional
+            // pass), so the config that says it and the graph must agree.
+            match (unet.takes_guidance, &self.profile.guidance_embedding) {
+                (true, None) => {
+                    return Err(Error::model(
+                        &self.profile.unet.graph,
+                        "takes `timestep_cond` (a guidance-distilled UNet) but unet/config.json gives no \
+                         time_cond_proj_dim: add the config the export came with",
+                    ));
+                }
+                (false, Some(g)) => {
+                    return Err(Error::model(
+                        &self.profile.unet.graph,
+                        format!(
+                            "has no `timestep_cond` input, but {} says the UNet takes a guidance embedding",
+                            g.source
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            self.unet = Some(unet);
         }
         self.unet
             .as_mut()
@@ -436,9 +458,21 @@ impl<'r> Pipeline<'r> {
         let mut timings = Timings::default();
         let started = Instant::now();
 
-        // 1. Embeddings: [uncond x B, cond x B] when guiding, as diffusers concatenates them.
+        // 1. Embeddings: [uncond x B, cond x B] when guiding, as diffusers concatenates them. A guidance-distilled
+        // UNet (LCM) instead takes the scale as an embedding, with no unconditional pass (diffusers:
+        // `time_cond_proj_dim` turns classifier-free guidance off).
         let cond = self.embed(&req.prompt, &mut warnings)?;
-        let guided = req.guidance > 1.0;
+        let embedding_dim = self.profile.guidance_embedding.as_ref().map(|g| g.value);
+        let guided = embedding_dim.is_none() && req.guidance > 1.0;
+        let guidance_cond =
+            embedding_dim.map(|d| guidance_scale_embedding(req.guidance - 1.0, d, req.batch));
+        if embedding_dim.is_some() && req.negative_prompt.is_some() {
+            warnings.push(
+                "the negative prompt is not used: this UNet is guidance-distilled (LCM); the guidance scale \
+                 enters as an embedding, with no unconditional pass (as in diffusers)"
+                    .into(),
+            );
+        }
         let repeat = |e: &Array3<f32>| -> Result<Array3<f32>> {
             let views: Vec<_> = (0..req.batch).map(|_| e.view()).collect();
             concatenate(Axis(0), &views).map_err(|e| Error::Usage(e.to_string()))
@@ -546,7 +580,9 @@ impl<'r> Pipeline<'r> {
         let unet_batch = if guided { 2 * req.batch } else { req.batch };
         let bound_shape = [unet_batch, self.unet_in_channels, shape.2, shape.3];
         if begin < timesteps.len()
-            && let Err(e) = self.unet()?.bind(&context, &bound_shape)
+            && let Err(e) = self
+                .unet()?
+                .bind(&context, guidance_cond.as_ref(), &bound_shape)
         {
             warnings.push(format!(
                 "UNet IO binding unavailable, running without it: {e}"
@@ -569,7 +605,7 @@ impl<'r> Pipeline<'r> {
             }
             let unet = self.unet()?;
             let bound_before = unet.bound_runs;
-            let out = unet.run(&input, t, &context)?;
+            let out = unet.run(&input, t, &context, guidance_cond.as_ref())?;
             if unet.bound_runs > bound_before {
                 timings.unet_host_io.push(unet.last_host_io);
             }
@@ -655,6 +691,22 @@ impl<'r> Pipeline<'r> {
             timings,
         })
     }
+}
+
+/// diffusers' `get_guidance_scale_embedding(w)` (LatentConsistencyModelPipeline, StableDiffusionPipeline):
+/// sinusoidal features of `w * 1000` at frequencies `10000^(-i / (dim/2 - 1))`, sines then cosines, zero-padded
+/// to an odd `dim`; one row per image. In float32, as torch computes it.
+pub fn guidance_scale_embedding(w: f32, dim: usize, batch: usize) -> Array2<f32> {
+    let w = w * 1000.0;
+    let half = dim / 2;
+    let step = 10000f32.ln() / (half.max(2) - 1) as f32;
+    let mut row = vec![0f32; dim];
+    for i in 0..half {
+        let x = w * (i as f32 * -step).exp();
+        row[i] = x.sin();
+        row[half + i] = x.cos();
+    }
+    Array2::from_shape_fn((batch, dim), |(_, j)| row[j])
 }
 
 /// `torch.nn.functional.interpolate(mode="nearest")` of a (H, W) mask to (h, w): source index

@@ -71,6 +71,9 @@ pub struct ModelProfile {
     pub latent_channels: Option<Sourced<usize>>,
     /// UNet input channels (9 for inpainting UNets) when a config says.
     pub unet_in_channels: Option<usize>,
+    /// Guidance-distilled UNets (LCM): the width of the guidance-scale embedding they take as `timestep_cond`
+    /// (`time_cond_proj_dim`). Such a UNet is run once per step, without an unconditional pass.
+    pub guidance_embedding: Option<Sourced<usize>>,
     pub unet_sample_size: Option<usize>,
     pub prediction_type: String,
     /// Things that will not work, said plainly.
@@ -290,6 +293,13 @@ impl ModelProfile {
                         source: "vae config.json latent_channels".into(),
                     })
             });
+        let guidance_embedding = ucfg
+            .and_then(|c| c["time_cond_proj_dim"].as_u64())
+            .filter(|&d| d > 0)
+            .map(|d| Sourced {
+                value: d as usize,
+                source: "unet/config.json time_cond_proj_dim".into(),
+            });
         let unet_sample_size = ucfg
             .and_then(|c| c["sample_size"].as_u64())
             .map(|v| v as usize);
@@ -313,6 +323,7 @@ impl ModelProfile {
             size_multiple,
             latent_channels,
             unet_in_channels,
+            guidance_embedding,
             unet_sample_size,
             prediction_type,
             problems,

@@ -109,6 +109,19 @@ fn broken_folders_are_named() {
     std::fs::write(bad_tok.join("tokenizer/vocab.json"), "not json").unwrap();
     expect_usage(&run(&t2i(bad_tok.to_str().unwrap(), &[])), "vocab.json");
 
+    // A guidance-distilled (LCM) UNet with a config that does not say so: named, with the fix.
+    let lcm = d.join("lcm-no-config");
+    copy_dir(Path::new("onnx/sd-tiny-lcm-optimum"), &lcm);
+    let cfg = lcm.join("unet/config.json");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"time_cond_proj_dim\": 8", "\"time_cond_proj_dim\": null");
+    std::fs::write(&cfg, text).unwrap();
+    expect_usage(
+        &run(&t2i(lcm.to_str().unwrap(), &[])),
+        "takes `timestep_cond` (a guidance-distilled UNet)",
+    );
+
     // An SDXL export (optimum writes text_encoder_2/) is named as such, not failed on a missing UNet input.
     let xl = d.join("xl");
     copy_dir(Path::new(MODEL), &xl);
@@ -261,6 +274,45 @@ fn tokenize_and_inspect() {
             "lcm"
         ]
     );
+}
+
+/// A guidance-distilled (LCM) folder from the CLI: `inspect` says how guidance enters, a run works with the
+/// folder's LCMScheduler, and a negative prompt is reported as unused rather than silently dropped.
+#[test]
+fn guidance_distilled_models_from_the_cli() {
+    let lcm = "onnx/sd-tiny-lcm-optimum";
+    let o = run(&["inspect", "--model", lcm, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["guidance_embedding"]["width"], 8);
+    let d = tmpdir("lcm");
+    let out = d.join("lcm.png");
+    let o = run(&[
+        "txt2img",
+        "--model",
+        lcm,
+        "--prompt",
+        "a cat",
+        "--negative-prompt",
+        "blurry",
+        "--steps",
+        "4",
+        "--guidance",
+        "8.5",
+        "--seed",
+        "1",
+        "--quiet",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the negative prompt is not used"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(out.is_file());
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// The binary is built at ort's api-17 baseline: an older ONNX Runtime (1.22, the level lagging provider

@@ -16,14 +16,8 @@ use sd_onnx::schedulers::SchedulerKind;
 use serde_json::Value;
 use std::path::Path;
 
-fn read_png(path: &Path) -> Vec<u8> {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    buf
-}
+mod common;
+use common::compare;
 
 fn request(case: &Value) -> Request {
     let images = Path::new("tests/fixtures/images");
@@ -83,39 +77,7 @@ fn img2img_and_inpainting_match_diffusers() {
             &mut plain
         };
         let out = pipe.generate(&request(case), &mut |_| {}).unwrap();
-        let want_lat: Vec<f32> = std::fs::read(refs.join(format!("{name}.latents.bin")))
-            .unwrap()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let lat = out
-            .latents
-            .iter()
-            .zip(&want_lat)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        if out.latents.len() != want_lat.len() || lat > 2e-3 {
-            failures.push(format!("{name}: latents differ by {lat}"));
-        }
-        for (img, file) in out.images.iter().zip(case["files"].as_array().unwrap()) {
-            let want = read_png(&refs.join(file.as_str().unwrap()));
-            let d: Vec<f64> = img
-                .pixels
-                .iter()
-                .zip(&want)
-                .map(|(&a, &b)| (a as f64 - b as f64).abs())
-                .collect();
-            let (mean, max) = (
-                d.iter().sum::<f64>() / d.len() as f64,
-                d.iter().copied().fold(0.0, f64::max),
-            );
-            report.push(format!(
-                "{name} {file}: mean {mean:.4} max {max} latents {lat:.2e}"
-            ));
-            if img.pixels.len() != want.len() || mean > 1.0 || max > 8.0 {
-                failures.push(format!("{name} {file}: mean {mean:.3} max {max}"));
-            }
-        }
+        compare(&out, refs, case, name, 2e-3, &mut report, &mut failures);
     }
     println!("{}", report.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -6,13 +6,8 @@ use sd_onnx::images::{load_image, load_mask, pil_lanczos};
 use serde_json::Value;
 use std::path::Path;
 
-fn f32s(path: &Path) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
+mod common;
+use common::read_f32s;
 
 #[test]
 fn resizing_matches_pillow_and_diffusers_exactly() {
@@ -31,7 +26,7 @@ fn resizing_matches_pillow_and_diffusers_exactly() {
         let img = image::open(src).unwrap().to_rgb8();
         let (sw, sh) = (img.width() as usize, img.height() as usize);
         let want_pil = std::fs::read(dir.join(format!("{name}.pil.bin"))).unwrap();
-        let want = f32s(&dir.join(format!("{name}.f32.bin")));
+        let want = read_f32s(&dir.join(format!("{name}.f32.bin")));
         if case["kind"] == "image" {
             let got = pil_lanczos(img.as_raw(), sw, sh, 3, w, h);
             assert_eq!(got, want_pil, "{name}: pixels differ from Pillow's");

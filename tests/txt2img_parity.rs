@@ -14,14 +14,8 @@ use sd_onnx::schedulers::SchedulerKind;
 use serde_json::Value;
 use std::path::Path;
 
-fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    (info.width as usize, info.height as usize, buf)
-}
+mod common;
+use common::compare;
 
 fn request(case: &Value) -> Request {
     Request {
@@ -75,43 +69,43 @@ fn txt2img_matches_diffusers_on_every_layout() {
             // A later case with the same shapes keeps the bound buffers and only refills the context (what a
             // captured CUDA graph needs); its parity below shows the refill is right.
             reused += out.timings.unet_buffers_reused as usize;
-            let want_lat: Vec<f32> =
-                std::fs::read(refs.join(format!("{}.latents.bin", case["name"].as_str().unwrap())))
-                    .unwrap()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
-            let lat_diff = out
-                .latents
-                .iter()
-                .zip(&want_lat)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            if out.latents.len() != want_lat.len() || lat_diff > lat_tol {
-                failures.push(format!("{name}: latents differ by {lat_diff}"));
-            }
-            for (img, file) in out.images.iter().zip(case["files"].as_array().unwrap()) {
-                let (w, h, want) = read_png(&refs.join(file.as_str().unwrap()));
-                assert_eq!((img.width, img.height), (w, h), "{name}: size");
-                let diffs: Vec<f64> = img
-                    .pixels
-                    .iter()
-                    .zip(&want)
-                    .map(|(&a, &b)| (a as f64 - b as f64).abs())
-                    .collect();
-                let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-                let max = diffs.iter().copied().fold(0.0, f64::max);
-                report.push(format!(
-                    "{name}: mean {mean:.4} max {max} latents {lat_diff:.2e}"
-                ));
-                if mean > 1.0 || max > 8.0 {
-                    failures.push(format!("{name} {file}: mean {mean:.3} max {max}"));
-                }
-            }
+            compare(&out, refs, case, &name, lat_tol, &mut report, &mut failures);
         }
     }
     println!("{}", report.join("\n"));
     println!("generations that reused the UNet's bound buffers: {reused}");
     assert!(reused > 0, "no generation reused the UNet's bound buffers");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A guidance-distilled (LCM) UNet, `timestep_cond` input, against diffusers' LatentConsistencyModelPipeline
+/// (tests/fixtures/lcm, scripts/make_lcm_fixture.py): the guidance scale enters as an embedding, one UNet pass per
+/// step. Same bar as above.
+#[test]
+fn guidance_distilled_unet_matches_diffusers_lcm_pipeline() {
+    let refs = Path::new("tests/fixtures/lcm");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(refs.join("cases.json")).unwrap()).unwrap();
+    let runtime =
+        Runtime::load(None).expect("ONNX Runtime (run scripts/test, which sets ORT_DYLIB_PATH)");
+    let profile = ModelProfile::load(Path::new("onnx/sd-tiny-lcm-optimum")).unwrap();
+    assert_eq!(
+        profile.guidance_embedding.as_ref().map(|g| g.value),
+        Some(8)
+    );
+    let mut pipe = Pipeline::load(&runtime, profile).unwrap();
+    let (mut report, mut failures) = (Vec::new(), Vec::new());
+    for case in doc["cases"].as_array().unwrap() {
+        let name = format!("lcm {}", case["name"].as_str().unwrap());
+        let out = pipe.generate(&request(case), &mut |_| {}).unwrap();
+        // One UNet pass per step (no unconditional half), all of them bound.
+        assert_eq!(
+            out.timings.unet.len(),
+            case["steps"].as_u64().unwrap() as usize
+        );
+        assert_eq!(out.timings.bound_unet_calls, out.timings.unet.len());
+        compare(&out, refs, case, &name, 2e-3, &mut report, &mut failures);
+    }
+    println!("{}", report.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

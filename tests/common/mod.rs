@@ -1,0 +1,65 @@
+//! Helpers the parity tests share: reading the committed references and holding a generation against them.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use serde_json::Value;
+use std::path::Path;
+
+/// An 8-bit PNG as (width, height, bytes).
+pub fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.width as usize, info.height as usize, buf)
+}
+
+/// A little-endian float32 file.
+pub fn read_f32s(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// Hold one generation against its diffusers reference (final latents, then every image), recording the
+/// differences in `report` and anything over the bar in `failures`.
+pub fn compare(
+    out: &sd_onnx::pipeline::Generated,
+    refs: &Path,
+    case: &Value,
+    name: &str,
+    lat_tol: f32,
+    report: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) {
+    let want_lat = read_f32s(&refs.join(format!("{}.latents.bin", case["name"].as_str().unwrap())));
+    let lat_diff = out
+        .latents
+        .iter()
+        .zip(&want_lat)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    if out.latents.len() != want_lat.len() || lat_diff > lat_tol {
+        failures.push(format!("{name}: latents differ by {lat_diff}"));
+    }
+    for (img, file) in out.images.iter().zip(case["files"].as_array().unwrap()) {
+        let (w, h, want) = read_png(&refs.join(file.as_str().unwrap()));
+        assert_eq!((img.width, img.height), (w, h), "{name}: size");
+        let diffs: Vec<f64> = img
+            .pixels
+            .iter()
+            .zip(&want)
+            .map(|(&a, &b)| (a as f64 - b as f64).abs())
+            .collect();
+        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        let max = diffs.iter().copied().fold(0.0, f64::max);
+        report.push(format!(
+            "{name}: mean {mean:.4} max {max} latents {lat_diff:.2e}"
+        ));
+        if mean > 1.0 || max > 8.0 {
+            failures.push(format!("{name} {file}: mean {mean:.3} max {max}"));
+        }
+    }
+}
