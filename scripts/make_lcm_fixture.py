@@ -6,7 +6,8 @@
 A UNet with `time_cond_proj_dim` (LCM-distilled checkpoints such as LCM Dreamshaper have one) takes the guidance
 scale as an embedding (`timestep_cond`) instead of a second, unconditional pass. Writes
   onnx/sd-tiny-lcm-optimum/     the pipeline exported by optimum (text-to-image task: the UNet gets `timestep_cond`)
-  tests/fixtures/lcm/           diffusers LatentConsistencyModelPipeline (PyTorch) images, final latents, cases.json
+  tests/fixtures/lcm/           diffusers LatentConsistencyModelPipeline and ...Img2ImgPipeline (PyTorch) images, final
+                                latents, cases.json
 """
 import json
 import shutil
@@ -41,12 +42,16 @@ CASES = [
     {"name": "lcm_2steps_w1", "steps": 2, "guidance": 1.0, "seed": 1},
     {"name": "lcm_6steps_w3_batch2", "steps": 6, "guidance": 3.0, "seed": 2, "batch": 2},
     {"name": "lcm_8steps_w5_80x48", "steps": 8, "guidance": 5.0, "seed": 3, "width": 80, "height": 48},
+    # img2img: LatentConsistencyModelImg2ImgPipeline, where the strength shapes LCMScheduler's timesteps
+    {"name": "lcm_img2img_0.5", "steps": 4, "guidance": 8.5, "seed": 4, "image": "init-64.png", "strength": 0.5},
+    {"name": "lcm_img2img_0.8_batch2", "steps": 3, "guidance": 3.0, "seed": 5, "image": "init-64.png",
+     "strength": 0.8, "batch": 2},
 ]
 
 
 def main():
     import diffusers
-    from diffusers import LatentConsistencyModelPipeline, LCMScheduler
+    from diffusers import LatentConsistencyModelImg2ImgPipeline, LatentConsistencyModelPipeline, LCMScheduler
     from PIL import Image
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,6 +62,8 @@ def main():
             scheduler=LCMScheduler.from_config(LCM_SCHEDULER), safety_checker=None, feature_extractor=None,
             requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
+        img2img = LatentConsistencyModelImg2ImgPipeline(**pipe.components)
+        img2img.set_progress_bar_config(disable=True)
         pt_dir = work / "lcm"
         pipe.save_pretrained(pt_dir)
         out = work / "onnx"
@@ -80,10 +87,18 @@ def main():
         for c in CASES:
             c = {"prompt": mf.PROMPT, "negative_prompt": None, "seed": 0, "rng": "torch", "width": 64, "height": 64,
                  "batch": 1, "karras": False, "scheduler": "lcm", **c}
-            call = lambda output_type: pipe(
-                c["prompt"], num_inference_steps=c["steps"], guidance_scale=c["guidance"], width=c["width"],
-                height=c["height"], num_images_per_prompt=c["batch"],
-                generator=torch.Generator("cpu").manual_seed(c["seed"]), output_type=output_type).images
+            if "image" in c:
+                image = Image.open(mf.FIX_DIR / "images" / c["image"]).convert("RGB")
+                c["width"], c["height"] = image.size
+                call = lambda output_type: img2img(
+                    c["prompt"], image=image, strength=c["strength"], num_inference_steps=c["steps"],
+                    guidance_scale=c["guidance"], num_images_per_prompt=c["batch"],
+                    generator=torch.Generator("cpu").manual_seed(c["seed"]), output_type=output_type).images
+            else:
+                call = lambda output_type: pipe(
+                    c["prompt"], num_inference_steps=c["steps"], guidance_scale=c["guidance"], width=c["width"],
+                    height=c["height"], num_images_per_prompt=c["batch"],
+                    generator=torch.Generator("cpu").manual_seed(c["seed"]), output_type=output_type).images
             images = call("np")
             final = call("latent").numpy().astype("<f4")
             (OUT_REFS / f"{c['name']}.latents.bin").write_bytes(final.tobytes())

@@ -91,7 +91,7 @@ impl Request {
                         self.height
                     )));
                 }
-                if self.start_index(1) >= self.steps {
+                if !self.strength_in_schedule(profile) && self.start_index(1) >= self.steps {
                     return Err(Error::Usage(format!(
                         "--strength {} leaves no denoising step out of {} (diffusers refuses this too)",
                         init.strength, self.steps
@@ -103,7 +103,22 @@ impl Request {
         if self.karras {
             config.set("use_karras_sigmas", serde_json::Value::Bool(true));
         }
-        Ok(self.scheduler.build(&config, self.steps)?)
+        match &self.init {
+            Some(init) if self.strength_in_schedule(profile) => Ok(self
+                .scheduler
+                .build_with_strength(&config, self.steps, init.strength)?),
+            _ => Ok(self.scheduler.build(&config, self.steps)?),
+        }
+    }
+
+    /// img2img on a guidance-distilled (LCM) UNet with the LCM scheduler follows diffusers'
+    /// LatentConsistencyModelImg2ImgPipeline: the strength shapes the scheduler's timesteps and the loop runs
+    /// all of them (instead of StableDiffusionImg2ImgPipeline's skipped start). Inpainting has no LCM pipeline
+    /// in diffusers and keeps the Stable Diffusion one.
+    pub fn strength_in_schedule(&self, profile: &ModelProfile) -> bool {
+        self.scheduler == SchedulerKind::Lcm
+            && profile.guidance_embedding.is_some()
+            && self.init.as_ref().is_some_and(|i| i.mask.is_none())
     }
 }
 
@@ -499,7 +514,11 @@ impl<'r> Pipeline<'r> {
         let dims = [shape.0, shape.1, shape.2, shape.3];
         let mut noise_src = req.rng.build(req.seed);
         let timesteps = scheduler.timesteps().to_vec();
-        let begin = req.start_index(scheduler.order()).min(timesteps.len());
+        let begin = if req.strength_in_schedule(&self.profile) {
+            0
+        } else {
+            req.start_index(scheduler.order()).min(timesteps.len())
+        };
         let batch_of = |one: &Latents| -> Result<Latents> { concat4(&vec![one; req.batch]) };
         let mut image_latents: Option<Latents> = None;
         let mut initial_noise: Option<Latents> = None;

@@ -6,7 +6,8 @@
 //! another on these tiny models. onnx/sd-tiny-fp16 (fp16 graphs, int64 timestep) is held to the same image
 //! bar against the same float32 references, latents within 1.0. Needs ORT_DYLIB_PATH (scripts/test sets it).
 
-use sd_onnx::pipeline::{Pipeline, Request};
+use sd_onnx::images::load_image;
+use sd_onnx::pipeline::{Init, Pipeline, Request};
 use sd_onnx::profile::ModelProfile;
 use sd_onnx::rng::RngKind;
 use sd_onnx::runtime::Runtime;
@@ -78,9 +79,9 @@ fn txt2img_matches_diffusers_on_every_layout() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// A guidance-distilled (LCM) UNet, `timestep_cond` input, against diffusers' LatentConsistencyModelPipeline
-/// (tests/fixtures/lcm, scripts/make_lcm_fixture.py): the guidance scale enters as an embedding, one UNet pass per
-/// step. Same bar as above.
+/// A guidance-distilled (LCM) UNet, `timestep_cond` input, against diffusers' LatentConsistencyModelPipeline and
+/// LatentConsistencyModelImg2ImgPipeline (tests/fixtures/lcm, scripts/make_lcm_fixture.py): the guidance scale
+/// enters as an embedding, one UNet pass per step. Same bar as above.
 #[test]
 fn guidance_distilled_unet_matches_diffusers_lcm_pipeline() {
     let refs = Path::new("tests/fixtures/lcm");
@@ -97,8 +98,19 @@ fn guidance_distilled_unet_matches_diffusers_lcm_pipeline() {
     let (mut report, mut failures) = (Vec::new(), Vec::new());
     for case in doc["cases"].as_array().unwrap() {
         let name = format!("lcm {}", case["name"].as_str().unwrap());
-        let out = pipe.generate(&request(case), &mut |_| {}).unwrap();
-        // One UNet pass per step (no unconditional half), all of them bound.
+        let mut req = request(case);
+        if let Some(image) = case["image"].as_str() {
+            let path = Path::new("tests/fixtures/images").join(image);
+            req.init = Some(Init {
+                image: load_image(&path, req.width, req.height).unwrap(),
+                mask: None,
+                strength: case["strength"].as_f64().unwrap(),
+            });
+        }
+        let out = pipe.generate(&req, &mut |_| {}).unwrap();
+        // One UNet pass per step (no unconditional half), all of them bound; for img2img too, since the
+        // strength shapes LCMScheduler's timesteps instead of skipping some
+        // (LatentConsistencyModelImg2ImgPipeline).
         assert_eq!(
             out.timings.unet.len(),
             case["steps"].as_u64().unwrap() as usize

@@ -19,6 +19,17 @@ pub struct Lcm {
 
 impl Lcm {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
+        Self::with_strength(config, steps, 1.0)
+    }
+
+    /// `set_timesteps(steps, strength=...)`, as diffusers' LatentConsistencyModelImg2ImgPipeline calls it: the
+    /// distillation schedule is cut to its first `int(original_inference_steps * strength)` timesteps before
+    /// `steps` of them are picked.
+    pub fn with_strength(
+        config: &SchedulerConfig,
+        steps: usize,
+        strength: f64,
+    ) -> Result<Self, SchedulerError> {
         let train = TrainSchedule::from_config(config, ZeroSnr::Accepted, BETAS_LCM)?;
         let n = train.num_train_timesteps;
         let original = config.usize("original_inference_steps", 50)?;
@@ -34,11 +45,15 @@ impl Lcm {
             )));
         }
         let k = n / original;
-        // lcm_origin_timesteps = [1..=original] * k - 1, reversed; pick `steps` of them evenly.
-        let origin: Vec<i64> = (1..=original as i64)
-            .rev()
-            .map(|i| i * k as i64 - 1)
-            .collect();
+        // lcm_origin_timesteps = [1..=int(original * strength)] * k - 1, reversed; pick `steps` of them evenly.
+        let kept = (original as f64 * strength) as usize;
+        if kept / steps < 1 {
+            return Err(SchedulerError::Unsupported(format!(
+                "lcm: original_inference_steps x strength = {original} x {strength} leaves {kept} timesteps, \
+                 fewer than the {steps} steps asked for (diffusers refuses this too)"
+            )));
+        }
+        let origin: Vec<i64> = (1..=kept as i64).rev().map(|i| i * k as i64 - 1).collect();
         let timesteps = np_linspace(0.0, origin.len() as f64, steps + 1)
             .iter()
             .take(steps)
@@ -103,5 +118,28 @@ impl Scheduler for Lcm {
             denoised.zip_mut_with(&eps, |d, &e| *d = sa * *d + sb * e);
         }
         denoised
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// diffusers 0.39: `LCMScheduler().set_timesteps(4, strength=0.5)` -> [499, 379, 259, 139],
+    /// `set_timesteps(3, strength=0.8)` -> [799, 539, 279]; too few timesteps left is refused, as there.
+    #[test]
+    fn strength_cuts_the_distillation_schedule() {
+        let config = SchedulerConfig::default();
+        let t = |steps, strength| {
+            Lcm::with_strength(&config, steps, strength)
+                .map(|s| s.timesteps().to_vec())
+                .unwrap_or_default()
+        };
+        assert_eq!(t(4, 0.5), [499.0, 379.0, 259.0, 139.0]);
+        assert_eq!(t(3, 0.8), [799.0, 539.0, 279.0]);
+        assert!(matches!(
+            Lcm::with_strength(&config, 4, 0.05),
+            Err(SchedulerError::Unsupported(_))
+        ));
     }
 }

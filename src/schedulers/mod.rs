@@ -259,6 +259,22 @@ impl SchedulerKind {
     }
 
     /// Build the scheduler from the folder's config (with this class's defaults) and set `steps` timesteps.
+    /// `set_timesteps(steps, strength=...)` for the one class that takes img2img strength into its schedule
+    /// (LCMScheduler, in diffusers' LatentConsistencyModelImg2ImgPipeline); the others do not take it.
+    pub fn build_with_strength(
+        self,
+        config: &SchedulerConfig,
+        steps: usize,
+        strength: f64,
+    ) -> Result<Box<dyn Scheduler>, SchedulerError> {
+        match self {
+            SchedulerKind::Lcm if steps > 0 => {
+                Ok(Box::new(lcm::Lcm::with_strength(config, steps, strength)?))
+            }
+            other => other.build(config, steps),
+        }
+    }
+
     pub fn build(
         self,
         config: &SchedulerConfig,
