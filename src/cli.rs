@@ -225,12 +225,14 @@ pub struct Txt2ImgArgs {
     pub prompt: String,
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    #[arg(long, default_value_t = 25)]
-    pub steps: usize,
-    /// Classifier-free guidance scale; 1 or less skips the unconditional pass.
-    #[arg(long, default_value_t = 7.5)]
-    pub guidance: f32,
-    /// pndm, ddim, euler, euler-a, dpm++2m, lms (default: the class in scheduler_config.json).
+    /// Denoising steps (default 25; 4 for guidance-distilled LCM models, diffusers' LCM default).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Guidance scale (default 7.5; 8.5 for LCM models). Classifier-free: 1 or less skips the unconditional
+    /// pass; LCM models take it as an embedding instead.
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// Scheduler, by the names `sd-onnx schedulers` lists (default: the class in scheduler_config.json).
     #[arg(long)]
     pub scheduler: Option<String>,
     /// Karras sigmas (use_karras_sigmas=True).
@@ -397,7 +399,7 @@ struct InitSpec {
 fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     let process_start = std::time::Instant::now();
     // Cheap checks first, before anything is loaded.
-    if a.steps == 0 {
+    if a.steps == Some(0) {
         return Err(Error::Usage("--steps must be at least 1".into()));
     }
     let rng = RngKind::parse(&a.rng)
@@ -418,6 +420,14 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
             )));
         }
     };
+    // diffusers' pipeline defaults: LatentConsistencyModelPipeline's (4 steps, 8.5) for guidance-distilled
+    // UNets; ours (25, 7.5) otherwise.
+    let (default_steps, default_guidance) = match profile.guidance_embedding {
+        Some(_) => (4, 8.5),
+        None => (25, 7.5),
+    };
+    let steps = a.steps.unwrap_or(default_steps);
+    let guidance = a.guidance.unwrap_or(default_guidance);
     let mut notes = Vec::new();
     let (dw, dh) = match &init {
         Some(i) => {
@@ -483,8 +493,8 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     let req = Request {
         prompt: a.prompt,
         negative_prompt: a.negative_prompt,
-        steps: a.steps,
-        guidance: a.guidance,
+        steps,
+        guidance,
         scheduler,
         karras: a.karras,
         seed,
