@@ -322,17 +322,7 @@ impl Runtime {
 
     pub fn load_with(flag: Option<&Path>, config: RuntimeConfig) -> Result<Self> {
         let library = resolve_library(flag)?;
-        let version = library_version(&library.path)?;
-        let builder = ort::init_from(&library.path).map_err(|e| {
-            Error::Runtime(format!(
-                "{}: cannot load ONNX Runtime ({e}); {HOW_TO_GET}",
-                library.path.display()
-            ))
-        })?;
-        let env = builder
-            .with_name("sd-onnx")
-            .build()
-            .map_err(|e| Error::Runtime(format!("{}: {e}", library.path.display())))?;
+        let (env, version) = environment(&library.path)?;
         // ONNX Runtime's intra-op pool runs best on physical cores (hyper-threads share the FMA units).
         let threads = config.threads.unwrap_or_else(physical_cores);
         let rt = Runtime {
@@ -641,6 +631,42 @@ impl Runtime {
         }
         Some(dir.join(format!("{}-{h:016x}.onnx", component.name)))
     }
+}
+
+/// The process's ONNX Runtime: one library and one environment per process (`ort` loads the library once and
+/// allows one environment), shared by every `Runtime` created in it.
+static LOADED: std::sync::Mutex<Option<(PathBuf, Environment, String)>> =
+    std::sync::Mutex::new(None);
+
+/// The environment for `path`: created on first use, the same one afterwards; a different library in the same
+/// process is an error (it would silently be the first one).
+fn environment(path: &Path) -> Result<(Environment, String)> {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((first, env, version)) = loaded.as_ref() {
+        if *first == canonical {
+            return Ok((env.clone(), version.clone()));
+        }
+        return Err(Error::Runtime(format!(
+            "{}: this process already runs ONNX Runtime from {}; a process can load one library (start another \
+             process for the other one)",
+            path.display(),
+            first.display()
+        )));
+    }
+    let version = library_version(path)?;
+    let builder = ort::init_from(path).map_err(|e| {
+        Error::Runtime(format!(
+            "{}: cannot load ONNX Runtime ({e}); {HOW_TO_GET}",
+            path.display()
+        ))
+    })?;
+    let env = builder
+        .with_name("sd-onnx")
+        .build()
+        .map_err(|e| Error::Runtime(format!("{}: {e}", path.display())))?;
+    *loaded = Some((canonical, env.clone(), version.clone()));
+    Ok((env, version))
 }
 
 /// Read the library's version before handing it to `ort`, so that a too-old build gets our message.
