@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 const MODEL: &str = "onnx/sd-tiny-optimum";
 
+mod common;
+use common::copy_dir;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sd-onnx"))
 }
@@ -23,19 +26,6 @@ fn tmpdir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
 }
 
 fn expect_usage(o: &Output, needle: &str) {

@@ -16,7 +16,7 @@ use serde_json::Value;
 use std::path::Path;
 
 mod common;
-use common::compare;
+use common::{compare, copy_dir};
 
 fn request(case: &Value) -> Request {
     Request {
@@ -118,6 +118,41 @@ fn guidance_distilled_unet_matches_diffusers_lcm_pipeline() {
         assert_eq!(out.timings.bound_unet_calls, out.timings.unet.len());
         compare(&out, refs, case, &name, 2e-3, &mut report, &mut failures);
     }
+    println!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// SD 2.x-style schedules on the bundled weights (tests/fixtures/vpred, scripts/make_vpred_fixture.py): a copy
+/// of onnx/sd-tiny-optimum whose scheduler_config.json says v-prediction (DDIM as SD 2.1 ships it, DDIM with
+/// zero terminal SNR and trailing spacing, Euler, DPM-Solver++ with Karras sigmas), against diffusers'
+/// StableDiffusionPipeline with the same config. The prediction type flows from the folder, never a flag.
+#[test]
+fn v_prediction_folders_match_diffusers() {
+    let refs = Path::new("tests/fixtures/vpred");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(refs.join("cases.json")).unwrap()).unwrap();
+    let runtime =
+        Runtime::load(None).expect("ONNX Runtime (run scripts/test, which sets ORT_DYLIB_PATH)");
+    let dir = std::env::temp_dir().join(format!("sdonnx-vpred-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(Path::new(doc["model"].as_str().unwrap()), &dir);
+    let (mut report, mut failures) = (Vec::new(), Vec::new());
+    for case in doc["cases"].as_array().unwrap() {
+        let name = format!("vpred {}", case["name"].as_str().unwrap());
+        std::fs::write(
+            dir.join("scheduler/scheduler_config.json"),
+            case["config"].to_string(),
+        )
+        .unwrap();
+        let profile = ModelProfile::load(&dir).unwrap();
+        assert_eq!(profile.prediction_type, "v_prediction");
+        let req = request(case);
+        assert_eq!(profile.default_scheduler, Some(req.scheduler), "{name}");
+        let mut pipe = Pipeline::load(&runtime, profile).unwrap();
+        let out = pipe.generate(&req, &mut |_| {}).unwrap();
+        compare(&out, refs, case, &name, 2e-3, &mut report, &mut failures);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     println!("{}", report.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""References for v-prediction and zero-terminal-SNR schedules (the SD 2.x family) on the bundled tiny weights.
+
+    ../pyenv/bin/python scripts/make_vpred_fixture.py      # the environment make_fixtures.py documents
+
+The UNet weights are onnx/sd-tiny-optimum's (rebuilt here from the same seed and checked against the committed
+graph first); only the folder's scheduler_config.json differs per case, as between an SD 1.5 and an SD 2.1
+export. Writes tests/fixtures/vpred/: per case the diffusers StableDiffusionPipeline (PyTorch) image, final
+latents and the scheduler config the test writes into a copy of the folder.
+"""
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_fixtures as mf  # noqa: E402
+
+OUT = mf.FIX_DIR / "vpred"
+BASE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+        "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False, "prediction_type": "v_prediction"}
+CASES = [
+    # SD 2.1's own scheduler: DDIM, v-prediction, leading spacing
+    {"name": "v_ddim_sd21", "config": {"_class_name": "DDIMScheduler", **BASE}, "steps": 15, "seed": 21},
+    # "Common Diffusion Noise Schedules are Flawed": zero terminal SNR + trailing spacing
+    {"name": "v_ddim_zero_snr_trailing", "config": {"_class_name": "DDIMScheduler", **BASE,
+     "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}, "steps": 12, "seed": 22},
+    {"name": "v_euler", "config": {"_class_name": "EulerDiscreteScheduler", **BASE}, "steps": 12, "seed": 23},
+    {"name": "v_dpmpp2m_karras", "config": {"_class_name": "DPMSolverMultistepScheduler", **BASE,
+     "use_karras_sigmas": True}, "steps": 10, "seed": 24},
+]
+
+
+def main():
+    import diffusers
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe, _ = mf.build_pipeline(Path(tmp))
+    # Same weights as the committed export, or nothing is written.
+    s = ort.InferenceSession(str(mf.ONNX_DIR / "sd-tiny-optimum" / "unet" / "model.onnx"),
+                             providers=["CPUExecutionProvider"])
+    lat, emb = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 16)
+    with torch.no_grad():
+        want = pipe.unet(lat, torch.tensor(601.0), emb).sample.numpy()
+    got = s.run(None, {"sample": lat.numpy(), "timestep": np.array(601.0, np.float32),
+                       "encoder_hidden_states": emb.numpy()})[0]
+    assert np.abs(got - want).max() < 1e-4, f"rebuilt UNet differs from the committed one: {np.abs(got - want).max()}"
+
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True)
+    manifest = []
+    for c in CASES:
+        c = {"prompt": mf.PROMPT, "negative_prompt": None, "guidance": 7.5, "rng": "torch", "width": 64,
+             "height": 64, "batch": 1, "karras": False, **c}
+        cfg = dict(c["config"])
+        cls = getattr(diffusers, cfg.pop("_class_name"))
+        pipe.scheduler = cls.from_config(cfg)
+        c["scheduler"] = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
+                          "DPMSolverMultistepScheduler": "dpm++2m"}[cls.__name__]
+        call = lambda output_type: pipe(
+            c["prompt"], num_inference_steps=c["steps"], guidance_scale=c["guidance"], width=c["width"],
+            height=c["height"], generator=torch.Generator("cpu").manual_seed(c["seed"]),
+            output_type=output_type).images
+        images = call("np")
+        (OUT / f"{c['name']}.latents.bin").write_bytes(call("latent").numpy().astype("<f4").tobytes())
+        name = f"{c['name']}.png"
+        Image.fromarray((images[0] * 255).round().astype("uint8")).save(OUT / name)
+        c["files"] = [name]
+        manifest.append(c)
+        print(f"  {c['name']}: mean {(images * 255).mean():.1f} std {(images * 255).std():.1f}")
+    (OUT / "cases.json").write_text(json.dumps({"diffusers": diffusers.__version__, "torch": torch.__version__,
+                                               "model": "onnx/sd-tiny-optimum", "cases": manifest}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
