@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::graphs::{Graph, Port};
-use crate::output::{a1111_parameters, write_png};
+use crate::output::{OutputFormat, a1111_parameters, write_image};
 use crate::pipeline::{Init, MemoryMode, Pipeline, Progress, Request};
 use crate::profile::ModelProfile;
 use crate::rng::RngKind;
@@ -402,6 +402,15 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     if a.steps == Some(0) {
         return Err(Error::Usage("--steps must be at least 1".into()));
     }
+    if let Some(out) = &a.output
+        && !OutputFormat::from_path(out)?.keeps_parameters()
+        && !a.quiet
+    {
+        eprintln!(
+            "note: {}: WebP output does not carry the generation parameters (PNG and JPEG do)",
+            out.display()
+        );
+    }
     let rng = RngKind::parse(&a.rng)
         .ok_or_else(|| Error::Usage(format!("--rng {}: choose torch, numpy or philox", a.rng)))?;
     let explicit = a
@@ -595,7 +604,7 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     let params = a1111_parameters(&req, seed, &model_name);
     for (i, img) in generated.images.iter().enumerate() {
         let path = batch_path(&base, i, req.batch);
-        write_png(&path, img, &params)?;
+        write_image(&path, img, &params)?;
         if !a.quiet {
             println!("{}", path.display());
         }

@@ -1,5 +1,6 @@
-//! Writing results: PNG with an A1111-style `parameters` text chunk (what A1111's "PNG Info" tab reads),
-//! written to a temporary file beside the target and renamed into place, so that no partial file is left.
+//! Writing results: PNG with an A1111-style `parameters` text chunk (what A1111's "PNG Info" tab reads), JPEG
+//! with the same text as an EXIF UserComment (where A1111 puts it), or lossless WebP (no metadata); written to
+//! a temporary file beside the target and renamed into place, so that no partial file is left.
 
 use crate::error::{Error, Result};
 use crate::pipeline::{Request, RgbImage};
@@ -54,6 +55,99 @@ pub fn a1111_parameters(req: &Request, seed: u64, model: &str) -> String {
         },
     ));
     s
+}
+
+/// The image format an output path asks for, by its extension (none: PNG).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Png,
+    Jpeg,
+    WebP,
+}
+
+impl OutputFormat {
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        match ext.as_deref() {
+            None | Some("png") => Ok(OutputFormat::Png),
+            Some("jpg") | Some("jpeg") => Ok(OutputFormat::Jpeg),
+            Some("webp") => Ok(OutputFormat::WebP),
+            Some(other) => Err(Error::Usage(format!(
+                "--output {}: .{other} is not a format sd-onnx writes (use .png, .jpg or .webp)",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Whether the generation parameters travel inside the file.
+    pub fn keeps_parameters(self) -> bool {
+        self != OutputFormat::WebP
+    }
+}
+
+/// Write `image` in the format `path` names, with the A1111 parameters where the format can hold them.
+pub fn write_image(path: &Path, image: &RgbImage, parameters: &str) -> Result<()> {
+    let err = |e: image::ImageError| Error::Write {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    };
+    let (w, h) = (image.width as u32, image.height as u32);
+    match OutputFormat::from_path(path)? {
+        OutputFormat::Png => write_png(path, image, parameters),
+        OutputFormat::Jpeg => {
+            let mut jpeg = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+                .encode(&image.pixels, w, h, image::ExtendedColorType::Rgb8)
+                .map_err(err)?;
+            write_atomic(path, &with_exif_comment(&jpeg, parameters))
+        }
+        OutputFormat::WebP => {
+            let mut webp = Vec::new();
+            image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
+                .encode(&image.pixels, w, h, image::ExtendedColorType::Rgb8)
+                .map_err(err)?;
+            write_atomic(path, &webp)
+        }
+    }
+}
+
+/// Insert an EXIF APP1 segment right after the JPEG's SOI marker, holding `text` as the Exif UserComment
+/// (tag 0x9286) in piexif's UNICODE form (`UNICODE\0` + UTF-16BE): what A1111 writes and its PNG Info reads.
+fn with_exif_comment(jpeg: &[u8], text: &str) -> Vec<u8> {
+    // Big-endian TIFF: header, IFD0 with one entry (the Exif IFD pointer), the Exif IFD with one entry (the
+    // comment), then the comment bytes.
+    let exif_ifd = 8 + 2 + 12 + 4;
+    let data_at = exif_ifd + 2 + 12 + 4;
+    // A segment holds at most 65533 bytes after its length field: a longer text (never a real prompt) is cut.
+    let room = 65533 - 6 - data_at;
+    let mut comment = b"UNICODE\0".to_vec();
+    comment.extend(text.encode_utf16().flat_map(|u| u.to_be_bytes()));
+    comment.truncate(room - room % 2);
+    let mut tiff = Vec::new();
+    tiff.extend_from_slice(b"MM\0\x2a");
+    tiff.extend_from_slice(&8u32.to_be_bytes());
+    let entry = |tiff: &mut Vec<u8>, tag: u16, ty: u16, count: u32, value: u32| {
+        tiff.extend_from_slice(&1u16.to_be_bytes());
+        tiff.extend_from_slice(&tag.to_be_bytes());
+        tiff.extend_from_slice(&ty.to_be_bytes());
+        tiff.extend_from_slice(&count.to_be_bytes());
+        tiff.extend_from_slice(&value.to_be_bytes());
+        tiff.extend_from_slice(&0u32.to_be_bytes());
+    };
+    entry(&mut tiff, 0x8769, 4, 1, exif_ifd as u32);
+    entry(&mut tiff, 0x9286, 7, comment.len() as u32, data_at as u32);
+    tiff.extend_from_slice(&comment);
+    let mut payload = b"Exif\0\0".to_vec();
+    payload.extend_from_slice(&tiff);
+    let mut out = Vec::with_capacity(jpeg.len() + payload.len() + 4);
+    out.extend_from_slice(&jpeg[..2.min(jpeg.len())]);
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&jpeg[2.min(jpeg.len())..]);
+    out
 }
 
 /// Encode `image` as PNG with a `parameters` tEXt chunk (iTXt when the text is not Latin-1) and write it
@@ -139,6 +233,57 @@ mod tests {
         assert_eq!(leftovers.len(), 1);
         // A folder that does not exist: an error, and nothing written.
         assert!(write_png(&dir.join("no/such/dir/b.png"), &img, "x").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn image() -> RgbImage {
+        RgbImage {
+            width: 16,
+            height: 8,
+            pixels: (0..16 * 8 * 3).map(|i| (i * 7 % 256) as u8).collect(),
+        }
+    }
+
+    /// JPEG output decodes, and carries the parameters as an Exif UserComment in piexif's UNICODE form
+    /// (found by walking the TIFF structure the way an EXIF reader does).
+    #[test]
+    fn jpeg_carries_parameters_in_exif_and_webp_decodes() {
+        let dir = std::env::temp_dir().join(format!("sdonnx-out-fmt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = "a cat, ünïcode\nSteps: 4, Sampler: LCM";
+        let p = dir.join("x.JPG");
+        write_image(&p, &image(), text).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(&bytes[..4], &[0xFF, 0xD8, 0xFF, 0xE1]);
+        let tiff = &bytes[4 + 2 + 6..];
+        let u16_at = |o: usize| u16::from_be_bytes([tiff[o], tiff[o + 1]]) as usize;
+        let u32_at = |o: usize| {
+            u32::from_be_bytes([tiff[o], tiff[o + 1], tiff[o + 2], tiff[o + 3]]) as usize
+        };
+        assert_eq!(&tiff[..4], b"MM\0\x2a");
+        let ifd0 = u32_at(4);
+        assert_eq!((u16_at(ifd0), u16_at(ifd0 + 2)), (1, 0x8769));
+        let exif = u32_at(ifd0 + 10);
+        assert_eq!(u16_at(exif + 2), 0x9286);
+        let (count, at) = (u32_at(exif + 6), u32_at(exif + 10));
+        let comment = &tiff[at..at + count];
+        assert_eq!(&comment[..8], b"UNICODE\0");
+        let units: Vec<u16> = comment[8..]
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect();
+        assert_eq!(String::from_utf16(&units).unwrap(), text);
+        let decoded = image::load_from_memory(&bytes).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (16, 8));
+
+        let p = dir.join("x.webp");
+        write_image(&p, &image(), text).unwrap();
+        let decoded = image::open(&p).unwrap().to_rgb8();
+        assert_eq!(decoded.as_raw(), &image().pixels, "lossless");
+        assert!(matches!(
+            OutputFormat::from_path(Path::new("x.bmp")),
+            Err(Error::Usage(_))
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

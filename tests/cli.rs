@@ -65,6 +65,10 @@ fn bad_inputs_exit_2_with_one_line() {
         "unknown scheduler `heunx`",
     );
     expect_usage(&run(&t2i(MODEL, &["--rng", "cuda"])), "--rng cuda");
+    expect_usage(
+        &run(&t2i(MODEL, &["--output", "out.bmp"])),
+        "use .png, .jpg or .webp",
+    );
     // A value clap's parser rejects: exit 2 with clap's own (multi-line) usage message.
     let o = run(&t2i(MODEL, &["--seed", "-2"]));
     assert_eq!(o.status.code(), Some(2));
