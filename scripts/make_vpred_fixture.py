@@ -30,6 +30,10 @@ CASES = [
     # "Common Diffusion Noise Schedules are Flawed": zero terminal SNR + trailing spacing
     {"name": "v_ddim_zero_snr_trailing", "config": {"_class_name": "DDIMScheduler", **BASE,
      "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}, "steps": 12, "seed": 22},
+    # ... with diffusers' guidance_rescale (the paper's 0.7)
+    {"name": "v_ddim_zero_snr_rescale0.7", "config": {"_class_name": "DDIMScheduler", **BASE,
+     "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}, "steps": 12, "seed": 25,
+     "guidance_rescale": 0.7},
     {"name": "v_euler", "config": {"_class_name": "EulerDiscreteScheduler", **BASE}, "steps": 12, "seed": 23},
     {"name": "v_dpmpp2m_karras", "config": {"_class_name": "DPMSolverMultistepScheduler", **BASE,
      "use_karras_sigmas": True}, "steps": 10, "seed": 24},
@@ -56,7 +60,8 @@ def main():
     OUT.mkdir(parents=True)
     manifest = []
     for c in CASES:
-        c = {"prompt": mf.PROMPT, "negative_prompt": None, "guidance": 7.5, "rng": "torch", "width": 64,
+        c = {"prompt": mf.PROMPT, "negative_prompt": None, "guidance": 7.5, "guidance_rescale": 0.0, "rng": "torch",
+             "width": 64,
              "height": 64, "batch": 1, "karras": False, **c}
         cfg = dict(c["config"])
         cls = getattr(diffusers, cfg.pop("_class_name"))
@@ -64,8 +69,9 @@ def main():
         c["scheduler"] = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
                           "DPMSolverMultistepScheduler": "dpm++2m"}[cls.__name__]
         call = lambda output_type: pipe(
-            c["prompt"], num_inference_steps=c["steps"], guidance_scale=c["guidance"], width=c["width"],
-            height=c["height"], generator=torch.Generator("cpu").manual_seed(c["seed"]),
+            c["prompt"], num_inference_steps=c["steps"], guidance_scale=c["guidance"],
+            guidance_rescale=c["guidance_rescale"], width=c["width"], height=c["height"],
+            generator=torch.Generator("cpu").manual_seed(c["seed"]),
             output_type=output_type).images
         images = call("np")
         (OUT / f"{c['name']}.latents.bin").write_bytes(call("latent").numpy().astype("<f4").tobytes())

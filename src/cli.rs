@@ -232,6 +232,9 @@ pub struct Txt2ImgArgs {
     /// pass; LCM models take it as an embedding instead.
     #[arg(long)]
     pub guidance: Option<f32>,
+    /// diffusers' guidance_rescale, 0 to 1 (0 = off): for zero-terminal-SNR models, 0.7 is the paper's value.
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance_rescale: f32,
     /// Scheduler, by the names `sd-onnx schedulers` lists (default: the class in scheduler_config.json).
     #[arg(long)]
     pub scheduler: Option<String>,
@@ -504,6 +507,7 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
         negative_prompt: a.negative_prompt,
         steps,
         guidance,
+        guidance_rescale: a.guidance_rescale,
         scheduler,
         karras: a.karras,
         seed,
@@ -908,6 +912,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         negative_prompt: None,
         steps: a.steps,
         guidance: a.guidance,
+        guidance_rescale: 0.0,
         scheduler,
         karras: false,
         seed: 0,

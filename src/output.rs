@@ -40,8 +40,13 @@ pub fn a1111_parameters(req: &Request, seed: u64, model: &str) -> String {
         .as_ref()
         .map(|i| format!(", Denoising strength: {}", i.strength))
         .unwrap_or_default();
+    let rescale = if req.guidance_rescale > 0.0 {
+        format!(", CFG Rescale: {}", req.guidance_rescale)
+    } else {
+        String::new()
+    };
     s.push_str(&format!(
-        "\nSteps: {}, Sampler: {}, Schedule type: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}, Model: {model}{denoise}, RNG: {}",
+        "\nSteps: {}, Sampler: {}, Schedule type: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}, Model: {model}{denoise}{rescale}, RNG: {}",
         req.steps,
         a1111_sampler(req.scheduler),
         if req.karras { "Karras" } else { "Automatic" },

@@ -40,6 +40,9 @@ pub struct Request {
     pub negative_prompt: Option<String>,
     pub steps: usize,
     pub guidance: f32,
+    /// diffusers' `guidance_rescale` (0 = off): pull the guided prediction's spread back toward the text
+    /// prediction's, for zero-terminal-SNR models ("Common Diffusion Noise Schedules are Flawed", 0.7 there).
+    pub guidance_rescale: f32,
     pub scheduler: SchedulerKind,
     pub karras: bool,
     pub seed: u64,
@@ -66,6 +69,12 @@ impl Request {
         }
         if self.batch == 0 {
             return Err(Error::Usage("--batch must be at least 1".into()));
+        }
+        if !(0.0..=1.0).contains(&self.guidance_rescale) {
+            return Err(Error::Usage(format!(
+                "--guidance-rescale {} is outside [0, 1]",
+                self.guidance_rescale
+            )));
         }
         if let Some(init) = &self.init {
             if !(0.0..=1.0).contains(&init.strength) || init.strength.is_nan() {
@@ -635,6 +644,9 @@ impl<'r> Pipeline<'r> {
                 let text = out.slice(s![b.., .., .., ..]);
                 let mut pred = uncond.to_owned();
                 pred.zip_mut_with(&text, |u, &c| *u += g * (c - *u));
+                if req.guidance_rescale > 0.0 {
+                    rescale_guided(&mut pred, &text, req.guidance_rescale);
+                }
                 pred
             } else {
                 out
@@ -709,6 +721,21 @@ impl<'r> Pipeline<'r> {
             warnings,
             timings,
         })
+    }
+}
+
+/// diffusers' `rescale_noise_cfg`: per image, scale the guided prediction to the text prediction's standard
+/// deviation (torch's unbiased `std` over channels and pixels), then mix `phi` of that with `1 - phi` of the
+/// guided prediction.
+fn rescale_guided(pred: &mut Latents, text: &ndarray::ArrayView4<f32>, phi: f32) {
+    fn std(v: ndarray::ArrayView3<f32>) -> f64 {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt()
+    }
+    for (mut p, t) in pred.outer_iter_mut().zip(text.outer_iter()) {
+        let ratio = (std(t) / std(p.view()).max(f64::MIN_POSITIVE)) as f32;
+        p.mapv_inplace(|x| phi * (x * ratio) + (1.0 - phi) * x);
     }
 }
 

@@ -66,6 +66,10 @@ fn bad_inputs_exit_2_with_one_line() {
     );
     expect_usage(&run(&t2i(MODEL, &["--rng", "cuda"])), "--rng cuda");
     expect_usage(
+        &run(&t2i(MODEL, &["--guidance-rescale", "1.5"])),
+        "--guidance-rescale 1.5 is outside [0, 1]",
+    );
+    expect_usage(
         &run(&t2i(MODEL, &["--output", "out.bmp"])),
         "use .png, .jpg or .webp",
     );

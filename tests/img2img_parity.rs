@@ -34,6 +34,7 @@ fn request(case: &Value) -> Request {
         negative_prompt: None,
         steps: case["steps"].as_u64().unwrap() as usize,
         guidance: case["guidance"].as_f64().unwrap() as f32,
+        guidance_rescale: case["guidance_rescale"].as_f64().unwrap_or(0.0) as f32,
         scheduler: SchedulerKind::from_name(case["scheduler"].as_str().unwrap()).unwrap(),
         karras: false,
         seed: case["seed"].as_u64().unwrap(),
