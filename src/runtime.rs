@@ -577,6 +577,13 @@ impl Runtime {
                     .map_err(Error::ort(&context))?;
                 if std::fs::rename(&tmp, &path).is_err() {
                     let _ = std::fs::remove_file(&tmp);
+                } else if let Some(stamp) = source_stamp(graph) {
+                    // Remember which graph this entry optimises, so that entries of graphs since moved,
+                    // deleted or re-exported are removed instead of piling up (they are as large as models).
+                    let _ = std::fs::write(path.with_extension("source"), stamp);
+                    if let Some(dir) = path.parent() {
+                        prune_graph_cache(dir);
+                    }
                 }
                 Ok(session)
             }
@@ -630,6 +637,43 @@ impl Runtime {
             h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
         }
         Some(dir.join(format!("{}-{h:016x}.onnx", component.name)))
+    }
+}
+
+/// What identifies a cached graph's source: its canonical path, size and modification time, one per line.
+fn source_stamp(graph: &Path) -> Option<String> {
+    let canon = std::fs::canonicalize(graph).ok()?;
+    let meta = std::fs::metadata(&canon).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some(format!("{}\n{}\n{mtime}", canon.display(), meta.len()))
+}
+
+/// Remove the cache entries (`.onnx`, `.data`, `.source`) whose source graph no longer exists or has changed
+/// since it was optimised. Entries without a `.source` record are left alone.
+pub fn prune_graph_cache(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("source") {
+            continue;
+        }
+        let Ok(recorded) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        let source = recorded.lines().next().map(PathBuf::from);
+        let current = source.as_deref().and_then(source_stamp);
+        if current.as_deref() != Some(recorded.as_str()) {
+            for ext in ["onnx", "data", "source"] {
+                let _ = std::fs::remove_file(p.with_extension(ext));
+            }
+        }
     }
 }
 
