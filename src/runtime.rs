@@ -600,14 +600,7 @@ impl Runtime {
     /// `cache_dir/graphs`. Delete that folder (or pass --no-graph-cache) to clear or bypass it.
     pub fn graph_cache_path(&self, component: &Component) -> Option<PathBuf> {
         let dir = self.config.cache_dir.as_ref()?.join("graphs");
-        let meta = std::fs::metadata(&component.graph).ok()?;
-        let mtime = meta
-            .modified()
-            .ok()?
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_nanos();
-        let canon = std::fs::canonicalize(&component.graph).ok()?;
+        let source = source_stamp(&component.graph)?;
         let mut external_sizes = 0u64;
         for f in &component.external_data {
             external_sizes =
@@ -623,10 +616,8 @@ impl Runtime {
             })
             .unwrap_or_else(|| std::env::consts::ARCH.to_string());
         let key = format!(
-            "{}|{}|{}|{}|{}|{}|{cpu}",
-            canon.display(),
-            meta.len(),
-            mtime,
+            "{}|{}|{}|{}|{cpu}",
+            source.replace('\n', "|"),
             external_sizes,
             self.version,
             self.threads
