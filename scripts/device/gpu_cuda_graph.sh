@@ -10,6 +10,10 @@
 #   4. the same seed with and without --cuda-graph: the images must agree (replay runs the same kernels)
 # DRY=1 runs the plumbing here on the CPU (tiny fp16 fixture instead of steps 1-2's export, --ep cpu, no
 # --cuda-graph): what scripts/test cannot reach is only the GPU itself.
+# PHASE=model runs step 1 alone: it needs only the machine's own torch, diffusers and CPU onnxruntime (no staged
+# ONNX Runtime GPU), so it can run before the staging calls, or in the background while they travel
+# (`setsid nohup env PHASE=model OUT=/tmp/m bash scripts/device/gpu_cuda_graph.sh &`, if the machine keeps
+# background processes between calls); PHASE=measure then skips it when /tmp/sd15f exists.
 set -uo pipefail
 BIN=${BIN:-target/release/sd-onnx}
 OUT=${OUT:-/tmp/gpu-cuda-graph}
@@ -33,12 +37,20 @@ PY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$S" 2>&1
 log "ORT: ${ORT_DYLIB_PATH:-?}"
 
+PHASE=${PHASE:-all}
+if ! python3 -c "import diffusers" 2>/dev/null && ls .device-stage/*.whl >/dev/null 2>&1; then
+  # Without on-device.sh (PHASE=model before staging): diffusers from the staged wheels (carry .device-stage/*.whl).
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .device-stage/*.whl >> "$S" 2>&1
+  export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+fi
+if [ "$PHASE" != model ]; then
 log "0. tiny fixture, --ep $EP ${GRAPH[*]}"
 "$BIN" txt2img --model onnx/sd-tiny-optimum --ep $EP "${GRAPH[@]}" --prompt "a photograph of an astronaut riding a horse" \
   --steps 20 --seed 42 --scheduler pndm --output /tmp/cg-tiny.png --no-graph-cache > "$OUT/tiny.txt" 2>&1
 echo "rc=$?" >> "$S"; grep -iE "warning|error|graph" "$OUT/tiny.txt" | cut -c1-400 >> "$S"
 compare /tmp/cg-tiny.png tests/fixtures/txt2img/pndm_torch.png "tiny pndm vs diffusers"
 
+fi
 if [ "${DRY:-0}" != 1 ] && [ ! -f $MODEL/unet/model.onnx ]; then
   log "1. export + optimize"
   t=$(date +%s)
@@ -48,6 +60,7 @@ if [ "${DRY:-0}" != 1 ] && [ ! -f $MODEL/unet/model.onnx ]; then
   echo "optimize $(( $(date +%s) - t )) s" >> "$S"
 fi
 
+if [ "$PHASE" = model ]; then cat "$S"; exit 0; fi
 log "2. bare ONNX Runtime, IO binding, without / with enable_cuda_graph"
 for g in "" "--cuda-graph"; do
   python3 scripts/ort_unet_baseline.py $MODEL/unet/model.onnx --provider $PROVIDER --size $LATENT --iters 40 $g \
