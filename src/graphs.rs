@@ -684,6 +684,38 @@ impl Unet {
         context: &Array3<f32>,
         guidance: Option<&Array2<f32>>,
     ) -> Result<Array4<f32>> {
+        self.run_inner(sample, t, context, guidance)
+            .map_err(|e| self.explain_size(e, sample.shape()))
+    }
+
+    /// An exported UNet upsamples by fixed factors: a latent size it cannot halve and double back fails in a
+    /// skip-connection Concat. When the profile could not know the UNet's depth, say that in words.
+    fn explain_size(&self, e: Error, shape: &[usize]) -> Error {
+        match &e {
+            Error::Ort { msg, .. } if msg.contains("Non concat axis dimensions must match") => {
+                Error::model(
+                    &self.graph.path,
+                    format!(
+                        "this UNet cannot run a {}x{} latent: an exported UNet halves and doubles the latent a \
+                         fixed number of times, so image sizes must be multiples of a higher power of two (64 \
+                         for SD 1.x/2.x); pick another --width/--height (ONNX Runtime: {})",
+                        shape.get(3).copied().unwrap_or(0),
+                        shape.get(2).copied().unwrap_or(0),
+                        msg.lines().next().unwrap_or_default()
+                    ),
+                )
+            }
+            _ => e,
+        }
+    }
+
+    fn run_inner(
+        &mut self,
+        sample: &Array4<f32>,
+        t: f64,
+        context: &Array3<f32>,
+        guidance: Option<&Array2<f32>>,
+    ) -> Result<Array4<f32>> {
         if let Some(out) = self.run_bound(sample, t)? {
             self.bound_runs += 1;
             return Ok(out);

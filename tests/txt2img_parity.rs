@@ -157,3 +157,26 @@ fn v_prediction_folders_match_diffusers() {
     println!("{}", report.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// When the profile cannot know the UNet's depth (no config, a graph too large to read), a size the export
+/// cannot run still fails with words, as a model/usage error naming the UNet, not a bare Concat error.
+#[test]
+fn sizes_the_unet_cannot_run_are_explained() {
+    let runtime =
+        Runtime::load(None).expect("ONNX Runtime (run scripts/test, which sets ORT_DYLIB_PATH)");
+    let mut profile = ModelProfile::load(Path::new("onnx/sd-tiny-optimum")).unwrap();
+    assert_eq!(profile.size_multiple.value, 16);
+    profile.size_multiple.value = 8; // as if unknown: only the VAE factor
+    let mut pipe = Pipeline::load(&runtime, profile).unwrap();
+    let req = request(&serde_json::json!({
+        "prompt": "a cat", "negative_prompt": null, "steps": 2, "guidance": 7.5, "scheduler": "euler",
+        "karras": false, "seed": 1, "rng": "torch", "width": 72, "height": 64, "batch": 1
+    }));
+    let err = pipe
+        .generate(&req, &mut |_| {})
+        .err()
+        .map(|e| (e.is_usage(), e.to_string()));
+    let (usage, msg) = err.unwrap_or_default();
+    assert!(usage, "{msg}");
+    assert!(msg.contains("cannot run a 9x8 latent"), "{msg}");
+}
