@@ -628,6 +628,9 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
             "outside_ort_ms": ms(ours),
             "outside_ort_pct": 100.0 * ours.as_secs_f64() / wall.as_secs_f64().max(1e-12),
             "unet_calls": t.unet.len(),
+            "unet_calls_io_bound": t.bound_unet_calls,
+            "unet_host_io_ms": ms(t.unet_host_io.iter().sum()),
+            "unet_graph_capture": t.unet_capture.to_string(),
             "scheduler_ms": ms(t.scheduler.iter().sum()),
             "guidance_ms": ms(t.guidance.iter().sum()),
         });

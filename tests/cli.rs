@@ -298,6 +298,8 @@ fn guidance_distilled_models_from_the_cli() {
         "--quiet",
         "--output",
         out.to_str().unwrap(),
+        "--timings-json",
+        d.join("t.json").to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
@@ -312,6 +314,13 @@ fn guidance_distilled_models_from_the_cli() {
     let text = &reader.info().uncompressed_latin1_text[0].text;
     assert!(text.contains("Steps: 4,"), "{text}");
     assert!(text.contains("CFG scale: 8.5,"), "{text}");
+    // --timings-json: one bound UNet call per step, no capture on the CPU.
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("t.json")).unwrap()).unwrap();
+    assert_eq!(t["unet_calls"], 4);
+    assert_eq!(t["unet_calls_io_bound"], 4);
+    assert_eq!(t["unet_graph_capture"], "off");
+    assert!(t["wall_ms"].as_f64().unwrap() > 0.0);
     let _ = std::fs::remove_dir_all(&d);
 }
 
