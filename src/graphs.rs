@@ -493,6 +493,8 @@ impl Unet {
             self.reused_binding = true;
             return Ok(());
         }
+        // New shapes: new buffers under a new graph id. A graph captured for the previous buffers stays in the
+        // session (ONNX Runtime keeps one per id until the session is dropped) but is never replayed again.
         self.bound = None;
         self.reused_binding = false;
         let run_options = if self.graph.capture == GraphCapture::On {
