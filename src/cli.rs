@@ -256,7 +256,8 @@ pub struct Txt2ImgArgs {
     /// Images per prompt.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Output PNG (default sd-onnx-<seed>.png; with --batch, -<i> is added before .png).
+    /// Output file: .png (default sd-onnx-<seed>.png), .jpg or .webp by its extension; with --batch, -<i> is added
+    /// before the extension.
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// No progress bar.
