@@ -596,11 +596,6 @@ impl Unet {
         }
     }
 
-    /// Drop the binding and its buffers.
-    pub fn release(&mut self) {
-        self.bound = None;
-    }
-
     fn run_bound(&mut self, sample: &Array4<f32>, t: f64) -> Result<Option<Array4<f32>>> {
         let Some(b) = self.bound.as_mut() else {
             return Ok(None);

@@ -507,11 +507,6 @@ impl Runtime {
         }
     }
 
-    /// A session for one component, on the provider chosen for it, without graph capture.
-    pub fn session(&self, component: &Component) -> Result<Session> {
-        self.create(component, false)
-    }
-
     /// Registration failures are errors (never a silent CPU fallback). With the graph cache on, CPU sessions
     /// load a previously optimised graph.
     fn create(&self, component: &Component, capture: bool) -> Result<Session> {
