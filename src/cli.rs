@@ -245,7 +245,7 @@ pub struct Txt2ImgArgs {
     #[arg(long, allow_negative_numbers = true, value_parser = parse_seed)]
     pub seed: Option<SeedArg>,
     /// torch: torch.Generator("cpu") (diffusers' PyTorch pipelines); numpy: RandomState (diffusers' ONNX
-    /// pipelines); philox: torch.Generator("cuda") on NVIDIA GPUs (A1111's GPU/NV seeds), to ~1e-6.
+    /// pipelines); philox: torch.Generator("cuda") on NVIDIA GPUs (A1111's GPU/NV seeds), bit for bit.
     #[arg(long, default_value = "torch")]
     pub rng: String,
     /// Width in pixels (default: unet sample_size x VAE factor, else 512).

@@ -5,7 +5,7 @@
 //! * [`NumpyRng`]: `numpy.random.RandomState(seed).randn(*shape)` (legacy polar Gaussian, float64), cast to
 //!   float32 as diffusers' ONNX pipelines do.
 //!
-//! * [`PhiloxRng`]: `torch.randn(shape, generator=torch.Generator("cuda").manual_seed(seed))` as PyTorch
+//! * [`PhiloxRng`]: `torch.randn(shape, generator=torch.Generator("cuda").manual_seed(seed))` bit for bit, as PyTorch
 //!   computes it on an NVIDIA GPU (curand Philox4x32-10, one subsequence per element, Box-Muller on the first
 //!   two words), so seeds from A1111 ("RNG: NV") and diffusers-on-GPU carry over without a GPU.
 //!
@@ -46,6 +46,8 @@ impl RngKind {
         }
     }
 }
+
+mod cuda_math;
 
 /// A source of standard-normal float32 values, drawn in row-major order for a given shape.
 pub trait NoiseSource: Send {
@@ -263,28 +265,15 @@ fn philox4x32_10(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
 }
 
 /// curand's `_curand_box_muller`: (sin, cos) scaled by sqrt(-2 ln u). The constants and the fused
-/// multiply-adds are nvcc's; sin/cos are computed exactly here (the device uses `__sincosf`).
+/// multiply-adds are nvcc's; `logf` and `__sincosf` are the GPU's own, emulated bit for bit.
 fn curand_box_muller(x: u32, y: u32) -> (f32, f32) {
     const INV: f32 = 2.328_306_4e-10; // CURAND_2POW32_INV
     const INV_2PI: f32 = 2.328_306_4e-10 * 6.283_185_5; // CURAND_2POW32_INV_2PI
     let u = (x as f32).mul_add(INV, INV / 2.0);
     let v = (y as f32).mul_add(INV_2PI, INV_2PI / 2.0);
-    let s = (-2.0 * u.ln()).sqrt();
-    // __sincosf: the argument is reduced as FMUL.RZ(v, 1/2pi), then the hardware sin/cos of 2*pi*r.
-    let r = mul_rz(v, 0.159_154_94);
-    let (sin, cos) = (2.0 * std::f64::consts::PI * r as f64).sin_cos();
-    ((sin as f32) * s, (cos as f32) * s)
-}
-
-/// float32 multiplication rounded toward zero (the product of two floats is exact in f64).
-fn mul_rz(a: f32, b: f32) -> f32 {
-    let exact = a as f64 * b as f64;
-    let nearest = exact as f32;
-    if (nearest as f64).abs() > exact.abs() {
-        f32::from_bits(nearest.to_bits() - 1)
-    } else {
-        nearest
-    }
+    let s = (-2.0 * cuda_math::logf(u)).sqrt();
+    let (sin, cos) = cuda_math::sincosf_fast(v);
+    (sin * s, cos * s)
 }
 
 impl PhiloxRng {
