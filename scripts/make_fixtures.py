@@ -587,6 +587,44 @@ def dir_size(p: Path):
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
+def committed_pipeline(work: Path):
+    """The PyTorch pipeline behind onnx/sd-tiny-optimum, rebuilt from its seed, its UNet checked against the
+    committed graph (or nothing is written), and loaded back from the saved folder as users load one: the saved
+    scheduler_config.json states every key, and they carry over when a case switches scheduler classes."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe, pt_dir = build_pipeline(work)
+    s = ort.InferenceSession(str(ONNX_DIR / "sd-tiny-optimum" / "unet" / "model.onnx"),
+                             providers=["CPUExecutionProvider"])
+    lat, emb = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 16)
+    with torch.no_grad():
+        want = pipe.unet(lat, torch.tensor(601.0), emb).sample.numpy()
+    got = s.run(None, {"sample": lat.numpy(), "timestep": np.array(601.0, np.float32),
+                       "encoder_hidden_states": emb.numpy()})[0]
+    assert np.abs(got - want).max() < 1e-4, f"rebuilt UNet differs from the committed one: {np.abs(got - want).max()}"
+    disk = StableDiffusionPipeline.from_pretrained(pt_dir, safety_checker=None, requires_safety_checker=False)
+    disk.set_progress_bar_config(disable=True)
+    return disk
+
+
+def save_reference(out: Path, c: dict, images, latents):
+    """One single-image case: final latents, the PNG, and its file name in the case."""
+    from PIL import Image
+
+    (out / f"{c['name']}.latents.bin").write_bytes(latents.numpy().astype("<f4").tobytes())
+    name = f"{c['name']}.png"
+    Image.fromarray((images[0] * 255).round().astype("uint8")).save(out / name)
+    c["files"] = [name]
+    print(f"  {c['name']}: mean {(images * 255).mean():.1f} std {(images * 255).std():.1f}")
+
+
+def write_manifest(out: Path, manifest: list, model: str):
+    import diffusers
+
+    (out / "cases.json").write_text(json.dumps({"diffusers": diffusers.__version__, "torch": torch.__version__,
+                                               "model": model, "cases": manifest}, indent=1))
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

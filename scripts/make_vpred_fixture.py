@@ -8,14 +8,11 @@ graph first); only the folder's scheduler_config.json differs per case, as betwe
 export. Writes tests/fixtures/vpred/: per case the diffusers StableDiffusionPipeline (PyTorch) image, final
 latents and the scheduler config the test writes into a copy of the folder.
 """
-import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,19 +39,9 @@ CASES = [
 
 def main():
     import diffusers
-    from PIL import Image
 
     with tempfile.TemporaryDirectory() as tmp:
-        pipe, _ = mf.build_pipeline(Path(tmp))
-    # Same weights as the committed export, or nothing is written.
-    s = ort.InferenceSession(str(mf.ONNX_DIR / "sd-tiny-optimum" / "unet" / "model.onnx"),
-                             providers=["CPUExecutionProvider"])
-    lat, emb = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 16)
-    with torch.no_grad():
-        want = pipe.unet(lat, torch.tensor(601.0), emb).sample.numpy()
-    got = s.run(None, {"sample": lat.numpy(), "timestep": np.array(601.0, np.float32),
-                       "encoder_hidden_states": emb.numpy()})[0]
-    assert np.abs(got - want).max() < 1e-4, f"rebuilt UNet differs from the committed one: {np.abs(got - want).max()}"
+        pipe = mf.committed_pipeline(Path(tmp))
 
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
@@ -73,15 +60,9 @@ def main():
             guidance_rescale=c["guidance_rescale"], width=c["width"], height=c["height"],
             generator=torch.Generator("cpu").manual_seed(c["seed"]),
             output_type=output_type).images
-        images = call("np")
-        (OUT / f"{c['name']}.latents.bin").write_bytes(call("latent").numpy().astype("<f4").tobytes())
-        name = f"{c['name']}.png"
-        Image.fromarray((images[0] * 255).round().astype("uint8")).save(OUT / name)
-        c["files"] = [name]
+        mf.save_reference(OUT, c, call("np"), call("latent"))
         manifest.append(c)
-        print(f"  {c['name']}: mean {(images * 255).mean():.1f} std {(images * 255).std():.1f}")
-    (OUT / "cases.json").write_text(json.dumps({"diffusers": diffusers.__version__, "torch": torch.__version__,
-                                               "model": "onnx/sd-tiny-optimum", "cases": manifest}, indent=1))
+    mf.write_manifest(OUT, manifest, "onnx/sd-tiny-optimum")
 
 
 if __name__ == "__main__":

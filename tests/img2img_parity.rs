@@ -11,13 +11,12 @@ use sd_onnx::images::{load_image, load_mask};
 use sd_onnx::pipeline::{Init, Pipeline, Request};
 use sd_onnx::profile::ModelProfile;
 use sd_onnx::rng::RngKind;
-use sd_onnx::runtime::Runtime;
 use sd_onnx::schedulers::SchedulerKind;
 use serde_json::Value;
 use std::path::Path;
 
 mod common;
-use common::compare;
+use common::{compare, load_cases, runtime};
 
 fn request(case: &Value) -> Request {
     let images = Path::new("tests/fixtures/images");
@@ -53,10 +52,8 @@ fn request(case: &Value) -> Request {
 #[test]
 fn img2img_and_inpainting_match_diffusers() {
     let refs = Path::new("tests/fixtures/img2img");
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(refs.join("cases.json")).unwrap()).unwrap();
-    let runtime =
-        Runtime::load(None).expect("ONNX Runtime (run scripts/test, which sets ORT_DYLIB_PATH)");
+    let doc = load_cases(refs);
+    let runtime = runtime();
     let mut plain = Pipeline::load(
         &runtime,
         ModelProfile::load(Path::new("onnx/sd-tiny-optimum")).unwrap(),
@@ -88,11 +85,8 @@ fn img2img_and_inpainting_match_diffusers() {
 /// recognised from `conv_in`'s weight shape, its `sample` channels being symbolic) but cannot match.
 #[test]
 fn convert_layouts_run_img2img_and_inpainting() {
-    let runtime = Runtime::load(None).expect("ONNX Runtime");
-    let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string("tests/fixtures/img2img/cases.json").unwrap(),
-    )
-    .unwrap();
+    let runtime = runtime();
+    let doc = load_cases(Path::new("tests/fixtures/img2img"));
     let cases = doc["cases"].as_array().unwrap();
     for (dir, mode) in [
         ("onnx/sd-tiny-convert", "img2img"),

@@ -10,13 +10,12 @@ use sd_onnx::images::load_image;
 use sd_onnx::pipeline::{Init, Pipeline, Request};
 use sd_onnx::profile::ModelProfile;
 use sd_onnx::rng::RngKind;
-use sd_onnx::runtime::Runtime;
 use sd_onnx::schedulers::SchedulerKind;
 use serde_json::Value;
 use std::path::Path;
 
 mod common;
-use common::{compare, copy_dir};
+use common::{compare, copy_dir, load_cases, runtime};
 
 fn request(case: &Value) -> Request {
     Request {
@@ -43,10 +42,8 @@ const FP16_LATENT_TOL: f32 = 1.0;
 #[test]
 fn txt2img_matches_diffusers_on_every_layout() {
     let refs = Path::new("tests/fixtures/txt2img");
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(refs.join("cases.json")).unwrap()).unwrap();
-    let runtime =
-        Runtime::load(None).expect("ONNX Runtime (run scripts/test, which sets ORT_DYLIB_PATH)");
+    let doc = load_cases(refs);
+    let runtime = runtime();
     let mut report = Vec::new();
     let mut failures = Vec::new();
     let mut reused = 0;
@@ -86,10 +83,8 @@ fn txt2img_matches_diffusers_on_every_layout() {
 #[test]
 fn guidance_distilled_unet_matches_diffusers_lcm_pipeline() {
     let refs = Path::new("tests/fixtures/lcm");
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(refs.join("cases.json")).unwrap()).unwrap();
-    let runtime =
-        Runtime::load(None).expect("ONNX Runtime (run scripts/test, which sets ORT_DYLIB_PATH)");
+    let doc = load_cases(refs);
+    let runtime = runtime();
     let profile = ModelProfile::load(Path::new("onnx/sd-tiny-lcm-optimum")).unwrap();
     assert_eq!(
         profile.guidance_embedding.as_ref().map(|g| g.value),
@@ -130,10 +125,8 @@ fn guidance_distilled_unet_matches_diffusers_lcm_pipeline() {
 #[test]
 fn v_prediction_folders_match_diffusers() {
     let refs = Path::new("tests/fixtures/vpred");
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(refs.join("cases.json")).unwrap()).unwrap();
-    let runtime =
-        Runtime::load(None).expect("ONNX Runtime (run scripts/test, which sets ORT_DYLIB_PATH)");
+    let doc = load_cases(refs);
+    let runtime = runtime();
     let dir = std::env::temp_dir().join(format!("sdonnx-vpred-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     copy_dir(Path::new(doc["model"].as_str().unwrap()), &dir);
@@ -158,12 +151,34 @@ fn v_prediction_folders_match_diffusers() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `--rng philox` end to end (tests/fixtures/philox, scripts/make_philox_fixture.py): diffusers' pipeline given
+/// the tensors a real `torch.Generator("cuda")` drew (initial latents, and for Euler ancestral the per-step noise
+/// of two steps, three successive draws), against our run with `--rng philox` and the same seed, which must
+/// draw those same tensors itself. Same bar as above.
+#[test]
+fn philox_runs_match_diffusers_fed_with_cuda_draws() {
+    let refs = Path::new("tests/fixtures/philox");
+    let doc = load_cases(refs);
+    let runtime = runtime();
+    let profile = ModelProfile::load(Path::new(doc["model"].as_str().unwrap())).unwrap();
+    let mut pipe = Pipeline::load(&runtime, profile).unwrap();
+    let (mut report, mut failures) = (Vec::new(), Vec::new());
+    for case in doc["cases"].as_array().unwrap() {
+        let name = format!("philox {}", case["name"].as_str().unwrap());
+        let req = request(case);
+        assert_eq!(req.rng, RngKind::Philox);
+        let out = pipe.generate(&req, &mut |_| {}).unwrap();
+        compare(&out, refs, case, &name, 2e-3, &mut report, &mut failures);
+    }
+    println!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// When the profile cannot know the UNet's depth (no config, a graph too large to read), a size the export
 /// cannot run still fails with words, as a model/usage error naming the UNet, not a bare Concat error.
 #[test]
 fn sizes_the_unet_cannot_run_are_explained() {
-    let runtime =
-        Runtime::load(None).expect("ONNX Runtime (run scripts/test, which sets ORT_DYLIB_PATH)");
+    let runtime = runtime();
     let mut profile = ModelProfile::load(Path::new("onnx/sd-tiny-optimum")).unwrap();
     assert_eq!(profile.size_multiple.value, 16);
     profile.size_multiple.value = 8; // as if unknown: only the VAE factor

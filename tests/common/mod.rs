@@ -5,6 +5,17 @@ use serde_json::Value;
 use std::path::Path;
 
 /// An 8-bit PNG as (width, height, bytes).
+/// The `cases.json` manifest of a reference folder.
+pub fn load_cases(refs: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(refs.join("cases.json")).unwrap()).unwrap()
+}
+
+/// The ONNX Runtime `scripts/test` points at (ORT_DYLIB_PATH).
+pub fn runtime() -> sd_onnx::runtime::Runtime {
+    sd_onnx::runtime::Runtime::load(None)
+        .expect("ONNX Runtime (run scripts/test, which sets ORT_DYLIB_PATH)")
+}
+
 pub fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
     let mut reader = decoder.read_info().unwrap();
