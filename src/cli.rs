@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// Scheduler for the timed runs (default: the folder's).
     #[arg(long)]
     pub scheduler: Option<String>,
+    /// Generator for the runs and the scheduler micro-benchmark (ancestral samplers draw every step).
+    #[arg(long, default_value = "torch")]
+    pub rng: String,
     #[arg(long)]
     pub json: bool,
     /// Measure with --low-memory's policy (sessions created per phase and dropped).
@@ -415,8 +418,7 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
             out.display()
         );
     }
-    let rng = RngKind::parse(&a.rng)
-        .ok_or_else(|| Error::Usage(format!("--rng {}: choose torch, numpy or philox", a.rng)))?;
+    let rng = parse_rng(&a.rng)?;
     let explicit = a
         .scheduler
         .as_deref()
@@ -898,6 +900,11 @@ fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+fn parse_rng(name: &str) -> Result<RngKind> {
+    RngKind::parse(name)
+        .ok_or_else(|| Error::Usage(format!("--rng {name}: choose torch, numpy or philox")))
+}
+
 fn bench(a: BenchArgs) -> Result<()> {
     use crate::bench::{median, peak_rss_bytes, quantile, scheduler_steps};
     use std::time::Instant;
@@ -920,7 +927,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         scheduler,
         karras: false,
         seed: 0,
-        rng: RngKind::Torch,
+        rng: parse_rng(&a.rng)?,
         width: a.width.unwrap_or(dw),
         height: a.height.unwrap_or(dh),
         batch: 1,
@@ -975,14 +982,14 @@ fn bench(a: BenchArgs) -> Result<()> {
     let factor = pipeline.profile.vae_factor.value;
     let run_shape = [1, 4, req.height / factor, req.width / factor];
     let big = [1, 4, 128, 128];
-    let micro_run = scheduler_steps(&config, run_shape, a.steps);
-    let micro_big = scheduler_steps(&config, big, a.steps);
+    let micro_run = scheduler_steps(&config, run_shape, a.steps, req.rng);
+    let micro_big = scheduler_steps(&config, big, a.steps, req.rng);
     let share =
         |d: std::time::Duration| 100.0 * d.as_secs_f64() / unet_med.as_secs_f64().max(1e-12);
     let rss = peak_rss_bytes();
     let capture_text = capture.to_string();
     let report = serde_json::json!({
-        "model": a.model, "scheduler": scheduler.name(), "steps": a.steps, "size": [req.width, req.height],
+        "model": a.model, "scheduler": scheduler.name(), "rng": req.rng.name(), "steps": a.steps, "size": [req.width, req.height],
         "runs": a.runs, "ort_version": runtime.version, "threads": std::thread::available_parallelism().map(|n| n.get()).ok(),
         "session_creation_ms": ms(session_creation),
         "first_load_ms": ms(first_image),
@@ -1010,10 +1017,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "model {} | {} {} steps | {}x{} | {} runs | ONNX Runtime {}",
+        "model {} | {} {} steps, --rng {} | {}x{} | {} runs | ONNX Runtime {}",
         a.model.display(),
         scheduler.name(),
         a.steps,
+        req.rng.name(),
         req.width,
         req.height,
         a.runs,

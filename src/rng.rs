@@ -264,16 +264,33 @@ fn philox4x32_10(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
     ctr
 }
 
-/// curand's `_curand_box_muller`: (sin, cos) scaled by sqrt(-2 ln u). The constants and the fused
-/// multiply-adds are nvcc's; `logf` and `__sincosf` are the GPU's own, emulated bit for bit.
-fn curand_box_muller(x: u32, y: u32) -> (f32, f32) {
-    const INV: f32 = 2.328_306_4e-10; // CURAND_2POW32_INV
-    const INV_2PI: f32 = 2.328_306_4e-10 * 6.283_185_5; // CURAND_2POW32_INV_2PI
-    let u = (x as f32).mul_add(INV, INV / 2.0);
-    let v = (y as f32).mul_add(INV_2PI, INV_2PI / 2.0);
-    let s = (-2.0 * cuda_math::logf(u)).sqrt();
-    let (sin, cos) = cuda_math::sincosf_fast(v);
-    (sin * s, cos * s)
+/// curand's `_curand_box_muller` for two Philox words: the radius sqrt(-2 ln u) and the angle; its two normals
+/// are radius x sin and radius x cos, computed only when used. The constants and the fused multiply-adds are
+/// nvcc's; `logf` and `__sincosf` are the GPU's own, emulated bit for bit.
+struct BoxMuller {
+    radius: f32,
+    turns: f32,
+}
+
+impl BoxMuller {
+    fn new(x: u32, y: u32) -> Self {
+        const INV: f32 = 2.328_306_4e-10; // CURAND_2POW32_INV
+        const INV_2PI: f32 = 2.328_306_4e-10 * 6.283_185_5; // CURAND_2POW32_INV_2PI
+        let u = (x as f32).mul_add(INV, INV / 2.0);
+        let v = (y as f32).mul_add(INV_2PI, INV_2PI / 2.0);
+        BoxMuller {
+            radius: (-2.0 * cuda_math::logf(u)).sqrt(),
+            turns: cuda_math::sincosf_turns(v),
+        }
+    }
+
+    fn sin(&self) -> f32 {
+        cuda_math::mufu_sin(self.turns, false) * self.radius
+    }
+
+    fn cos(&self) -> f32 {
+        cuda_math::mufu_sin(self.turns, true) * self.radius
+    }
 }
 
 impl PhiloxRng {
@@ -285,8 +302,9 @@ impl PhiloxRng {
         }
     }
 
-    /// `curand_normal4` for `thread` after `round` previous calls, at the generator's current offset.
-    fn normal4(&self, thread: u64, round: u64) -> [f32; 4] {
+    /// The four Philox words `curand_normal4` uses for `thread` after `round` previous calls, at the
+    /// generator's current offset.
+    fn words(&self, thread: u64, round: u64) -> [u32; 4] {
         // curand_init: counter = (0, 0, subsequence); skipahead(offset) moves offset/4 blocks of four words.
         let block = self.offset / 4 + round;
         let ctr = [
@@ -296,10 +314,26 @@ impl PhiloxRng {
             (thread >> 32) as u32,
         ];
         let key = [self.seed as u32, (self.seed >> 32) as u32];
-        let w = philox4x32_10(ctr, key);
-        let (a, b) = curand_box_muller(w[0], w[1]);
-        let (c, d) = curand_box_muller(w[2], w[3]);
-        [a, b, c, d]
+        philox4x32_10(ctr, key)
+    }
+
+    /// `curand_normal4` for `thread` after `round` previous calls; only the first `used` values are
+    /// computed (a small tensor uses just the first sine of each thread), the rest are 0.
+    fn normal4(&self, thread: u64, round: u64, used: usize) -> [f32; 4] {
+        let w = self.words(thread, round);
+        let first = BoxMuller::new(w[0], w[1]);
+        let mut v = [first.sin(), 0.0, 0.0, 0.0];
+        if used > 1 {
+            v[1] = first.cos();
+        }
+        if used > 2 {
+            let second = BoxMuller::new(w[2], w[3]);
+            v[2] = second.sin();
+            if used > 3 {
+                v[3] = second.cos();
+            }
+        }
+        v
     }
 }
 
@@ -314,14 +348,34 @@ impl NoiseSource for PhiloxRng {
         let rounds = (numel - 1) / per_round + 1;
         let mut out = vec![0f32; numel as usize];
         for round in 0..rounds {
-            for thread in 0..threads {
-                let base = round * per_round + thread;
-                if base >= numel {
-                    break;
+            // GPU threads with a value inside the tensor this round; curand_normal4's values k = 0..3 of
+            // thread t land at round * per_round + t + k * threads.
+            let start = round * per_round;
+            let active = (numel - start).min(threads) as usize;
+            let mut values = vec![[0f32; 4]; active];
+            let fill = |first_thread: usize, chunk: &mut [[f32; 4]]| {
+                for (j, v) in chunk.iter_mut().enumerate() {
+                    let thread = (first_thread + j) as u64;
+                    let used = ((numel - 1 - start - thread) / threads + 1).min(4) as usize;
+                    *v = self.normal4(thread, round, used);
                 }
-                let v = self.normal4(thread, round);
+            };
+            // The draw is pure per thread: split it over the cores when it is large enough to pay for them.
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if active >= 8192 && workers > 1 {
+                let per = active.div_ceil(workers);
+                std::thread::scope(|scope| {
+                    for (c, chunk) in values.chunks_mut(per).enumerate() {
+                        let fill = &fill;
+                        scope.spawn(move || fill(c * per, chunk));
+                    }
+                });
+            } else {
+                fill(0, &mut values);
+            }
+            for (thread, v) in values.iter().enumerate() {
                 for (k, value) in v.iter().enumerate() {
-                    let i = base + k as u64 * threads;
+                    let i = start + thread as u64 + k as u64 * threads;
                     if i < numel {
                         out[i as usize] = *value;
                     }
@@ -357,6 +411,30 @@ mod tests {
             philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
             [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]
         );
+    }
+
+    #[test]
+    fn philox_large_draws_place_all_four_values_of_each_thread() {
+        // Over 270336 values, every GPU thread's curand_normal4 is used: value k of thread t lands at
+        // t + k * 270336 (PyTorch's unrolled loop), and the values computed lazily equal the full four.
+        let t = 270_336;
+        let n = 2 * t + 5;
+        let mut g = PhiloxRng::new(3);
+        let v = g.randn(&[n]);
+        let reference = PhiloxRng::new(3);
+        for thread in [0, 2, 4, 5, 1000, t - 1] {
+            let full = reference.normal4(thread as u64, 0, 4);
+            let landed = (thread..n).step_by(t).count();
+            for (k, value) in full.iter().enumerate().take(landed) {
+                assert_eq!(
+                    v[thread + k * t].to_bits(),
+                    value.to_bits(),
+                    "thread {thread} value {k}"
+                );
+            }
+            assert_eq!(reference.normal4(thread as u64, 0, 1)[0], full[0]);
+        }
+        assert_eq!(g.offset, 4);
     }
 
     #[test]

@@ -45,10 +45,10 @@ pub(crate) fn logf(a: f32) -> f32 {
     e.mul_add(f32::from_bits(LN2), p)
 }
 
-/// CUDA's `__sincosf(v)`: the argument in turns, FMUL.RZ(v, 1/2pi), then the unit's sine and cosine.
-pub(crate) fn sincosf_fast(v: f32) -> (f32, f32) {
-    let turns = mul_rz(v, 0.159_154_94);
-    (mufu_sin(turns, false), mufu_sin(turns, true))
+/// The argument reduction of CUDA's `__sincosf(v)`: FMUL.RZ(v, 1/2pi), the turns that MUFU.SIN and MUFU.COS
+/// ([`mufu_sin`]) then take.
+pub(crate) fn sincosf_turns(v: f32) -> f32 {
+    mul_rz(v, 0.159_154_94)
 }
 
 /// float32 multiplication rounded toward zero (the product of two floats is exact in f64).
@@ -70,7 +70,7 @@ fn mul_rz(a: f32, b: f32) -> f32 {
 /// res = A * 2^11 + B * x + C * square(x), and the result is res / 2^37 truncated to 24 significant bits.
 /// This datapath is the one documented for NVIDIA's Tesla SFU by envytools (nvhw/sfu.c, Marcin
 /// Kościelnicki); the H200's unit computes the same.
-fn mufu_sin(turns: f32, cos: bool) -> f32 {
+pub(crate) fn mufu_sin(turns: f32, cos: bool) -> f32 {
     if !turns.is_finite() {
         return f32::NAN;
     }
@@ -92,7 +92,8 @@ fn mufu_sin(turns: f32, cos: bool) -> f32 {
     } else {
         let top = 63 - res.leading_zeros() as i32;
         let shift = (top - 23).max(0);
-        ((res >> shift) as f64 * 2f64.powi(shift - 37)) as f32
+        // At most 24 significant bits times 2^(shift - 37), a normal power of two: exact.
+        (res >> shift) as f32 * f32::from_bits(((shift - 37 + 127) as u32) << 23)
     };
     if negative { -magnitude } else { magnitude }
 }
