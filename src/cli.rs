@@ -409,14 +409,8 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     if a.steps == Some(0) {
         return Err(Error::Usage("--steps must be at least 1".into()));
     }
-    if let Some(out) = &a.output
-        && !OutputFormat::from_path(out)?.keeps_parameters()
-        && !a.quiet
-    {
-        eprintln!(
-            "note: {}: WebP output does not carry the generation parameters (PNG and JPEG do)",
-            out.display()
-        );
+    if let Some(out) = &a.output {
+        OutputFormat::from_path(out)?;
     }
     let rng = parse_rng(&a.rng)?;
     let explicit = a

@@ -1,6 +1,6 @@
 //! Writing results: PNG with an A1111-style `parameters` text chunk (what A1111's "PNG Info" tab reads), JPEG
-//! with the same text as an EXIF UserComment (where A1111 puts it), or lossless WebP (no metadata); written to
-//! a temporary file beside the target and renamed into place, so that no partial file is left.
+//! with the same text as an EXIF UserComment (where A1111 puts it), or lossless WebP with that EXIF too; written
+//! to a temporary file beside the target and renamed into place, so that no partial file is left.
 
 use crate::error::{Error, Result};
 use crate::pipeline::{Request, RgbImage};
@@ -85,11 +85,6 @@ impl OutputFormat {
             ))),
         }
     }
-
-    /// Whether the generation parameters travel inside the file.
-    pub fn keeps_parameters(self) -> bool {
-        self != OutputFormat::WebP
-    }
 }
 
 /// Write `image` in the format `path` names, with the A1111 parameters where the format can hold them.
@@ -106,27 +101,33 @@ pub fn write_image(path: &Path, image: &RgbImage, parameters: &str) -> Result<()
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
                 .encode(&image.pixels, w, h, image::ExtendedColorType::Rgb8)
                 .map_err(err)?;
-            write_atomic(path, &with_exif_comment(&jpeg, parameters))
+            write_atomic(
+                path,
+                &jpeg_with_exif(&jpeg, &exif_user_comment(parameters, 65533 - 6)),
+            )
         }
         OutputFormat::WebP => {
             let mut webp = Vec::new();
             image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
                 .encode(&image.pixels, w, h, image::ExtendedColorType::Rgb8)
                 .map_err(err)?;
-            write_atomic(path, &webp)
+            write_atomic(
+                path,
+                &webp_with_exif(&webp, w, h, &exif_user_comment(parameters, 1 << 20)),
+            )
         }
     }
 }
 
-/// Insert an EXIF APP1 segment right after the JPEG's SOI marker, holding `text` as the Exif UserComment
-/// (tag 0x9286) in piexif's UNICODE form (`UNICODE\0` + UTF-16BE): what A1111 writes and its PNG Info reads.
-fn with_exif_comment(jpeg: &[u8], text: &str) -> Vec<u8> {
+/// A TIFF (EXIF) structure holding `text` as the Exif UserComment (tag 0x9286) in piexif's UNICODE form
+/// (`UNICODE\0` + UTF-16BE): what A1111 writes into JPEG and WebP files and its PNG Info reads. At most `limit`
+/// bytes: a longer text (never a real prompt) is cut.
+fn exif_user_comment(text: &str, limit: usize) -> Vec<u8> {
     // Big-endian TIFF: header, IFD0 with one entry (the Exif IFD pointer), the Exif IFD with one entry (the
     // comment), then the comment bytes.
     let exif_ifd = 8 + 2 + 12 + 4;
     let data_at = exif_ifd + 2 + 12 + 4;
-    // A segment holds at most 65533 bytes after its length field: a longer text (never a real prompt) is cut.
-    let room = 65533 - 6 - data_at;
+    let room = limit - data_at;
     let mut comment = b"UNICODE\0".to_vec();
     comment.extend(text.encode_utf16().flat_map(|u| u.to_be_bytes()));
     comment.truncate(room - room % 2);
@@ -144,14 +145,53 @@ fn with_exif_comment(jpeg: &[u8], text: &str) -> Vec<u8> {
     entry(&mut tiff, 0x8769, 4, 1, exif_ifd as u32);
     entry(&mut tiff, 0x9286, 7, comment.len() as u32, data_at as u32);
     tiff.extend_from_slice(&comment);
+    tiff
+}
+
+/// Insert an EXIF APP1 segment (`Exif\0\0` + `tiff`, at most 65533 bytes) right after the JPEG's SOI marker.
+fn jpeg_with_exif(jpeg: &[u8], tiff: &[u8]) -> Vec<u8> {
     let mut payload = b"Exif\0\0".to_vec();
-    payload.extend_from_slice(&tiff);
+    payload.extend_from_slice(tiff);
     let mut out = Vec::with_capacity(jpeg.len() + payload.len() + 4);
     out.extend_from_slice(&jpeg[..2.min(jpeg.len())]);
     out.extend_from_slice(&[0xFF, 0xE1]);
     out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
     out.extend_from_slice(&payload);
     out.extend_from_slice(&jpeg[2.min(jpeg.len())..]);
+    out
+}
+
+/// Turn a simple-format WebP (`RIFF` + one `VP8L`/`VP8 ` chunk, what the encoder writes) into the extended
+/// format with an `EXIF` chunk holding `tiff`: a `VP8X` header (EXIF flag, canvas size), the image chunk as it
+/// was, then the metadata, as the WebP container specification orders them.
+fn webp_with_exif(webp: &[u8], width: u32, height: u32, tiff: &[u8]) -> Vec<u8> {
+    let chunk = |out: &mut Vec<u8>, fourcc: &[u8; 4], data: &[u8]| {
+        out.extend_from_slice(fourcc);
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+        if data.len() % 2 == 1 {
+            out.push(0);
+        }
+    };
+    let mut vp8x = vec![0x08, 0, 0, 0]; // flags: EXIF
+    vp8x.extend_from_slice(&width.saturating_sub(1).to_le_bytes()[..3]);
+    vp8x.extend_from_slice(&height.saturating_sub(1).to_le_bytes()[..3]);
+    let mut body = b"WEBP".to_vec();
+    chunk(&mut body, b"VP8X", &vp8x);
+    // The file's chunks after its 12-byte RIFF/WEBP header, as they are (a VP8X of its own is replaced).
+    let mut rest = webp.get(12..).unwrap_or_default();
+    while rest.len() >= 8 {
+        let len = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        let end = (8 + len + len % 2).min(rest.len());
+        if &rest[..4] != b"VP8X" {
+            body.extend_from_slice(&rest[..end]);
+        }
+        rest = &rest[end..];
+    }
+    chunk(&mut body, b"EXIF", tiff);
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
     out
 }
 
@@ -249,18 +289,8 @@ mod tests {
         }
     }
 
-    /// JPEG output decodes, and carries the parameters as an Exif UserComment in piexif's UNICODE form
-    /// (found by walking the TIFF structure the way an EXIF reader does).
-    #[test]
-    fn jpeg_carries_parameters_in_exif_and_webp_decodes() {
-        let dir = std::env::temp_dir().join(format!("sdonnx-out-fmt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let text = "a cat, ünïcode\nSteps: 4, Sampler: LCM";
-        let p = dir.join("x.JPG");
-        write_image(&p, &image(), text).unwrap();
-        let bytes = std::fs::read(&p).unwrap();
-        assert_eq!(&bytes[..4], &[0xFF, 0xD8, 0xFF, 0xE1]);
-        let tiff = &bytes[4 + 2 + 6..];
+    /// The UserComment text of an EXIF (TIFF) block, found by walking the structure as an EXIF reader does.
+    fn user_comment(tiff: &[u8]) -> String {
         let u16_at = |o: usize| u16::from_be_bytes([tiff[o], tiff[o + 1]]) as usize;
         let u32_at = |o: usize| {
             u32::from_be_bytes([tiff[o], tiff[o + 1], tiff[o + 2], tiff[o + 3]]) as usize
@@ -277,12 +307,45 @@ mod tests {
             .chunks_exact(2)
             .map(|c| u16::from_be_bytes([c[0], c[1]]))
             .collect();
-        assert_eq!(String::from_utf16(&units).unwrap(), text);
+        String::from_utf16(&units).unwrap()
+    }
+
+    /// JPEG and WebP output decode (WebP losslessly), and carry the parameters as an Exif UserComment in
+    /// piexif's UNICODE form: in an APP1 segment, and in a WebP `EXIF` chunk announced by `VP8X`.
+    #[test]
+    fn jpeg_and_webp_carry_parameters_in_exif() {
+        let dir = std::env::temp_dir().join(format!("sdonnx-out-fmt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = "a cat, ünïcode\nSteps: 4, Sampler: LCM";
+        let p = dir.join("x.JPG");
+        write_image(&p, &image(), text).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(&bytes[..4], &[0xFF, 0xD8, 0xFF, 0xE1]);
+        assert_eq!(&bytes[6..12], b"Exif\0\0");
+        assert_eq!(user_comment(&bytes[12..]), text);
         let decoded = image::load_from_memory(&bytes).unwrap();
         assert_eq!((decoded.width(), decoded.height()), (16, 8));
 
         let p = dir.join("x.webp");
         write_image(&p, &image(), text).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!((&bytes[..4], &bytes[8..12]), (&b"RIFF"[..], &b"WEBP"[..]));
+        let riff_len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+        assert_eq!(riff_len + 8, bytes.len());
+        let mut chunks = Vec::new();
+        let mut rest = &bytes[12..];
+        while !rest.is_empty() {
+            let len = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+            chunks.push((
+                String::from_utf8_lossy(&rest[..4]).to_string(),
+                &rest[8..8 + len],
+            ));
+            rest = &rest[8 + len + len % 2..];
+        }
+        let names: Vec<&str> = chunks.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["VP8X", "VP8L", "EXIF"]);
+        assert_eq!(chunks[0].1, &[0x08, 0, 0, 0, 15, 0, 0, 7, 0, 0]);
+        assert_eq!(user_comment(chunks[2].1), text);
         let decoded = image::open(&p).unwrap().to_rgb8();
         assert_eq!(decoded.as_raw(), &image().pixels, "lossless");
         assert!(matches!(
