@@ -110,7 +110,13 @@ pub struct RuntimeArgs {
     pub threads: Option<usize>,
 }
 
-const COMPONENTS: [&str; 4] = ["text_encoder", "unet", "vae_decoder", "vae_encoder"];
+const COMPONENTS: [&str; 5] = [
+    "text_encoder",
+    "text_encoder_2",
+    "unet",
+    "vae_decoder",
+    "vae_encoder",
+];
 
 fn split_kv<'a>(flag: &str, s: &'a str) -> Result<(&'a str, &'a str)> {
     s.split_once('=')
@@ -176,23 +182,38 @@ fn runtime_config(
         let (lh, lw) = (h / f, w / f);
         let unet_b = if guided { 2 * b } else { b };
         let ch = profile.unet_in_channels.unwrap_or(4);
-        let width = profile
-            .text_encoder
-            .config
-            .as_ref()
-            .and_then(|c| c["hidden_size"].as_u64());
+        let config_u64 = |c: &crate::profile::Component, key: &str| {
+            c.config.as_ref().and_then(|c| c[key].as_u64())
+        };
         let same = |s: String| ShapeProfile {
             min: s.clone(),
             opt: s.clone(),
             max: s,
         };
         trt_profiles.insert("text_encoder".into(), same("input_ids:1x77".into()));
-        if let Some(d) = width {
+        // The UNet's text conditioning: one encoder's width, or SDXL's two widths side by side plus the
+        // second encoder's pooled projection and the six time ids.
+        let unet_text = match &profile.xl {
+            None => config_u64(&profile.text_encoder, "hidden_size")
+                .map(|d| format!("encoder_hidden_states:{unet_b}x77x{d}")),
+            Some(xl) => {
+                trt_profiles.insert("text_encoder_2".into(), same("input_ids:1x77".into()));
+                let d1 = config_u64(&profile.text_encoder, "hidden_size");
+                let d2 = config_u64(&xl.text_encoder_2, "hidden_size");
+                let p = config_u64(&xl.text_encoder_2, "projection_dim");
+                match (d1, d2, p) {
+                    (Some(d1), Some(d2), Some(p)) => Some(format!(
+                        "encoder_hidden_states:{unet_b}x77x{},text_embeds:{unet_b}x{p},time_ids:{unet_b}x6",
+                        d1 + d2
+                    )),
+                    _ => None,
+                }
+            }
+        };
+        if let Some(text) = unet_text {
             trt_profiles.insert(
                 "unet".into(),
-                same(format!(
-                    "sample:{unet_b}x{ch}x{lh}x{lw},encoder_hidden_states:{unet_b}x77x{d}"
-                )),
+                same(format!("sample:{unet_b}x{ch}x{lh}x{lw},{text}")),
             );
         }
         let latent_ch = profile
@@ -672,7 +693,11 @@ fn inspect(a: InspectArgs) -> Result<()> {
         .and_then(|c| Runtime::load_with(a.runtime.ort_lib.as_deref(), c));
     let mut problems = profile.problems.clone();
     let mut components = Vec::new();
-    let mut comps = vec![&profile.text_encoder, &profile.unet, &profile.vae_decoder];
+    let mut comps = vec![&profile.text_encoder];
+    if let Some(xl) = &profile.xl {
+        comps.push(&xl.text_encoder_2);
+    }
+    comps.extend([&profile.unet, &profile.vae_decoder]);
     if let Some(e) = &profile.vae_encoder {
         comps.push(e);
     }
@@ -753,6 +778,9 @@ fn inspect(a: InspectArgs) -> Result<()> {
         .as_ref()
         .and_then(|c| c["hidden_size"].as_u64())
     {
+        _ if profile.xl.is_some() => {
+            "SDXL (two text encoders, pooled text embeddings and size/crop time ids)"
+        }
         Some(768) => "SD 1.x (CLIP ViT-L/14 text encoder)",
         Some(1024) => "SD 2.x (OpenCLIP ViT-H text encoder)",
         Some(_) => "Stable Diffusion architecture (non-standard text encoder width)",
@@ -767,6 +795,7 @@ fn inspect(a: InspectArgs) -> Result<()> {
         "scheduler": {"class": profile.scheduler_class, "ported_as": profile.default_scheduler.map(|k| k.name()), "config": profile.scheduler_config.raw()},
         "prediction_type": profile.prediction_type,
         "guidance_embedding": profile.guidance_embedding.as_ref().map(|g| serde_json::json!({"width": g.value, "from": g.source})),
+        "sdxl": profile.xl.as_ref().map(|x| serde_json::json!({"tokenizer_2": x.tokenizer_2_dir, "zeros_for_empty_negative": {"value": x.zeros_for_empty_negative.value, "from": x.zeros_for_empty_negative.source}})),
         "tokenizer": {"dir": profile.tokenizer_dir, "tokenizer_json": profile.tokenizer_dir.join("tokenizer.json").is_file(), "pad_token": pad_token, "pad_id": pad_id},
         "vae_scaling_factor": {"value": profile.vae_scaling_factor.value, "from": profile.vae_scaling_factor.source},
         "vae_factor": {"value": profile.vae_factor.value, "from": profile.vae_factor.source},
@@ -838,6 +867,18 @@ fn inspect(a: InspectArgs) -> Result<()> {
         println!(
             "tokenizer:  {} (pad token {p:?} = {id})",
             profile.tokenizer_dir.display()
+        );
+    }
+    if let Some(xl) = &profile.xl {
+        println!(
+            "SDXL:       second tokenizer {}; no negative prompt -> {} ({})",
+            xl.tokenizer_2_dir.display(),
+            if xl.zeros_for_empty_negative.value {
+                "zero unconditional embeddings"
+            } else {
+                "the empty prompt's embeddings"
+            },
+            xl.zeros_for_empty_negative.source
         );
     }
     println!(
@@ -1119,5 +1160,15 @@ mod tests {
         let c = runtime_config(&args, &profile, Some((96, 64, 2, false)))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(c.trt_profiles["unet"].opt.starts_with("sample:2x4x"));
+        // SDXL: both encoders' widths side by side, the pooled projection and the time ids.
+        let xl = ModelProfile::load(std::path::Path::new("onnx/sdxl-tiny-optimum"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let c =
+            runtime_config(&args, &xl, Some((64, 64, 1, true))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.trt_profiles["unet"].opt,
+            "sample:2x4x8x8,encoder_hidden_states:2x77x16,text_embeds:2x8,time_ids:2x6"
+        );
+        assert_eq!(c.trt_profiles["text_encoder_2"].opt, "input_ids:1x77");
     }
 }

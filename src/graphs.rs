@@ -160,6 +160,17 @@ impl Graph {
         inputs: Vec<(Cow<'static, str>, DynValue)>,
         output: &str,
     ) -> Result<(Vec<usize>, Vec<f32>)> {
+        let mut outs = self.run_outputs(inputs, &[output])?;
+        outs.pop()
+            .ok_or_else(|| Error::model(&self.path, format!("no output `{output}`")))
+    }
+
+    /// Run and return the named outputs (shape, values as f32), in the order asked.
+    fn run_outputs(
+        &mut self,
+        inputs: Vec<(Cow<'static, str>, DynValue)>,
+        names: &[&str],
+    ) -> Result<Vec<(Vec<usize>, Vec<f32>)>> {
         let ctx = self.path.display().to_string();
         let inputs: Vec<(Cow<'static, str>, SessionInputValue<'_>)> = inputs
             .into_iter()
@@ -180,27 +191,30 @@ impl Graph {
             self.session.run(inputs)
         }
         .map_err(Error::ort(&ctx))?;
-        let value = outputs
-            .get(output)
-            .ok_or_else(|| Error::model(&self.path, format!("no output `{output}`")))?;
-        let shape: Vec<usize>;
-        let data: Vec<f32> = match value.data_type() {
-            TensorElementType::Float16 => {
-                let (s, d) = value
-                    .try_extract_tensor::<f16>()
-                    .map_err(Error::ort(&ctx))?;
-                shape = s.iter().map(|&x| x as usize).collect();
-                d.iter().map(|v| v.to_f32()).collect()
-            }
-            _ => {
-                let (s, d) = value
-                    .try_extract_tensor::<f32>()
-                    .map_err(Error::ort(&ctx))?;
-                shape = s.iter().map(|&x| x as usize).collect();
-                d.to_vec()
-            }
-        };
-        Ok((shape, data))
+        let mut result = Vec::with_capacity(names.len());
+        for output in names {
+            let value = outputs
+                .get(output)
+                .ok_or_else(|| Error::model(&self.path, format!("no output `{output}`")))?;
+            result.push(match value.data_type() {
+                TensorElementType::Float16 => {
+                    let (s, d) = value
+                        .try_extract_tensor::<f16>()
+                        .map_err(Error::ort(&ctx))?;
+                    (
+                        s.iter().map(|&x| x as usize).collect(),
+                        d.iter().map(|v| v.to_f32()).collect(),
+                    )
+                }
+                _ => {
+                    let (s, d) = value
+                        .try_extract_tensor::<f32>()
+                        .map_err(Error::ort(&ctx))?;
+                    (s.iter().map(|&x| x as usize).collect(), d.to_vec())
+                }
+            });
+        }
+        Ok(result)
     }
 }
 
@@ -235,40 +249,99 @@ impl TextEncoder {
         Ok(TextEncoder { graph })
     }
 
-    pub fn encode(&mut self, ids: &[i64]) -> Result<Array3<f32>> {
+    fn ids_input(&self, ids: &[i64]) -> Result<DynValue> {
         let shape = vec![1i64, ids.len() as i64];
         let port = self.graph.input("input_ids")?;
         let ctx = format!("{}: input `input_ids`", self.graph.path.display());
-        let value = match port.dtype {
+        match port.dtype {
             Some(TensorElementType::Int32) => {
                 let v: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-                Tensor::from_array((shape, v))
+                Ok(Tensor::from_array((shape, v))
                     .map_err(Error::ort(&ctx))?
-                    .into_dyn()
+                    .into_dyn())
             }
-            Some(TensorElementType::Int64) => Tensor::from_array((shape, ids.to_vec()))
+            Some(TensorElementType::Int64) => Ok(Tensor::from_array((shape, ids.to_vec()))
                 .map_err(Error::ort(&ctx))?
-                .into_dyn(),
-            other => {
-                return Err(Error::model(
-                    &self.graph.path,
-                    format!(
-                        "input `input_ids` is {}, expected int32 or int64",
-                        other.map(dtype_name).unwrap_or("?")
-                    ),
-                ));
-            }
-        };
-        let out = self.graph.output_name("last_hidden_state")?;
-        let (shape, data) = self.graph.run(vec![("input_ids".into(), value)], &out)?;
+                .into_dyn()),
+            other => Err(Error::model(
+                &self.graph.path,
+                format!(
+                    "input `input_ids` is {}, expected int32 or int64",
+                    other.map(dtype_name).unwrap_or("?")
+                ),
+            )),
+        }
+    }
+
+    fn array3(&self, name: &str, (shape, data): (Vec<usize>, Vec<f32>)) -> Result<Array3<f32>> {
         if shape.len() != 3 {
             return Err(Error::model(
                 &self.graph.path,
-                format!("output `{out}` has shape {shape:?}, expected 3 dims"),
+                format!("output `{name}` has shape {shape:?}, expected 3 dims"),
             ));
         }
         Array3::from_shape_vec((shape[0], shape[1], shape[2]), data)
-            .map_err(|e| Error::model(&self.graph.path, format!("output `{out}`: {e}")))
+            .map_err(|e| Error::model(&self.graph.path, format!("output `{name}`: {e}")))
+    }
+
+    /// SD 1.x/2.x conditioning: `last_hidden_state` (1, 77, width).
+    pub fn encode(&mut self, ids: &[i64]) -> Result<Array3<f32>> {
+        let value = self.ids_input(ids)?;
+        let out = self.graph.output_name("last_hidden_state")?;
+        let result = self.graph.run(vec![("input_ids".into(), value)], &out)?;
+        self.array3(&out, result)
+    }
+
+    /// SDXL conditioning from one of its encoders: the penultimate layer's hidden states (diffusers'
+    /// `hidden_states[-2]`, optimum's `hidden_states.{N-1}` of `hidden_states.0..N`) and, when the encoder has a
+    /// projection (`text_encoder_2`), its pooled `text_embeds`.
+    pub fn encode_penultimate(
+        &mut self,
+        ids: &[i64],
+    ) -> Result<(Array3<f32>, Option<Array2<f32>>)> {
+        let last = self
+            .graph
+            .outputs
+            .iter()
+            .filter_map(|p| p.name.strip_prefix("hidden_states.")?.parse::<usize>().ok())
+            .max()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| {
+                Error::model(
+                    &self.graph.path,
+                    "has no `hidden_states.N` outputs: SDXL uses the encoders' penultimate layer; export \
+                     the pipeline with optimum (which adds them for SDXL)",
+                )
+            })?;
+        let hidden = format!("hidden_states.{}", last - 1);
+        let pooled = self.graph.outputs.iter().any(|p| p.name == "text_embeds");
+        let mut names = vec![hidden.as_str()];
+        if pooled {
+            names.push("text_embeds");
+        }
+        let value = self.ids_input(ids)?;
+        let mut outs = self
+            .graph
+            .run_outputs(vec![("input_ids".into(), value)], &names)?
+            .into_iter();
+        let states = outs
+            .next()
+            .ok_or_else(|| Error::model(&self.graph.path, format!("no output `{hidden}`")))?;
+        let states = self.array3(&hidden, states)?;
+        let pooled = match outs.next() {
+            Some((shape, data)) if shape.len() == 2 => Some(
+                Array2::from_shape_vec((shape[0], shape[1]), data)
+                    .map_err(|e| Error::model(&self.graph.path, format!("`text_embeds`: {e}")))?,
+            ),
+            Some((shape, _)) => {
+                return Err(Error::model(
+                    &self.graph.path,
+                    format!("output `text_embeds` has shape {shape:?}, expected 2 dims"),
+                ));
+            }
+            None => None,
+        };
+        Ok((states, pooled))
     }
 }
 
@@ -290,6 +363,8 @@ pub struct Unet {
     bound: Option<Bound>,
     /// Whether the graph takes `timestep_cond` (a guidance-distilled UNet: the guidance scale as an embedding).
     pub takes_guidance: bool,
+    /// Whether the graph takes SDXL's added conditioning (`text_embeds` and `time_ids`).
+    pub takes_added_cond: bool,
     /// UNet calls served through the IO binding (for tests and `bench`).
     pub bound_runs: usize,
     /// Whether the last `bind` kept the previous binding's buffers (same shapes) instead of allocating.
@@ -434,7 +509,9 @@ impl Unet {
         };
         let out = graph.output_name("out_sample")?;
         let device = runtime.device_memory(c.name)?;
-        let takes_guidance = graph.inputs.iter().any(|p| p.name == "timestep_cond");
+        let has = |name: &str| graph.inputs.iter().any(|p| p.name == name);
+        let takes_guidance = has("timestep_cond");
+        let takes_added_cond = has("text_embeds") && has("time_ids");
         Ok(Unet {
             graph,
             timestep,
@@ -442,6 +519,7 @@ impl Unet {
             device,
             bound: None,
             takes_guidance,
+            takes_added_cond,
             bound_runs: 0,
             reused_binding: false,
             last_host_io: std::time::Duration::ZERO,
@@ -454,28 +532,32 @@ impl Unet {
         &self.graph.capture
     }
 
-    /// Bind for a run of UNet calls with these constant inputs (the text embeddings and, for guidance-distilled
-    /// UNets, the guidance embedding) and this sample shape: the constants are uploaded once, the other buffers
-    /// are allocated once. `run` then uses the binding while the shapes match.
+    /// Bind for a run of UNet calls with these constant inputs (the text embeddings, and the named 2-D extras:
+    /// `timestep_cond` for guidance-distilled UNets, SDXL's `text_embeds` and `time_ids`) and this sample shape:
+    /// the constants are uploaded once, the other buffers are allocated once. `run` then uses the binding while
+    /// the shapes match.
     ///
     /// When the previous binding had the same shapes its buffers are kept and only the constants are refilled:
     /// nothing is reallocated between generations, and a captured device graph stays valid.
     pub fn bind(
         &mut self,
         context: &Array3<f32>,
-        guidance: Option<&Array2<f32>>,
+        extras: &[(&'static str, Array2<f32>)],
         sample_shape: &[usize],
     ) -> Result<()> {
         let ctx = format!("{}: IO binding", self.graph.path.display());
         let context = context.as_standard_layout();
-        let guidance = guidance.map(|g| g.as_standard_layout());
+        let extras: Vec<_> = extras
+            .iter()
+            .map(|(n, a)| (*n, a.as_standard_layout()))
+            .collect();
         let mut constants: Vec<(&'static str, &[usize], &[f32])> = vec![(
             "encoder_hidden_states",
             context.shape(),
             context.as_slice().unwrap_or_default(),
         )];
-        if let Some(g) = &guidance {
-            constants.push(("timestep_cond", g.shape(), g.as_slice().unwrap_or_default()));
+        for (name, a) in &extras {
+            constants.push((name, a.shape(), a.as_slice().unwrap_or_default()));
         }
         let on_device = self.device.is_some();
         if let Some(b) = self.bound.as_mut()
@@ -679,9 +761,9 @@ impl Unet {
         sample: &Array4<f32>,
         t: f64,
         context: &Array3<f32>,
-        guidance: Option<&Array2<f32>>,
+        extras: &[(&'static str, Array2<f32>)],
     ) -> Result<Array4<f32>> {
-        self.run_inner(sample, t, context, guidance)
+        self.run_inner(sample, t, context, extras)
             .map_err(|e| self.explain_size(e, sample.shape()))
     }
 
@@ -711,7 +793,7 @@ impl Unet {
         sample: &Array4<f32>,
         t: f64,
         context: &Array3<f32>,
-        guidance: Option<&Array2<f32>>,
+        extras: &[(&'static str, Array2<f32>)],
     ) -> Result<Array4<f32>> {
         if let Some(out) = self.run_bound(sample, t)? {
             self.bound_runs += 1;
@@ -746,12 +828,12 @@ impl Unet {
             ("timestep".into(), ts_v),
             ("encoder_hidden_states".into(), ctx_v),
         ];
-        if let Some(g) = guidance {
-            let shape = g.shape().iter().map(|&d| d as i64).collect();
+        for (name, a) in extras {
+            let shape = a.shape().iter().map(|&d| d as i64).collect();
             let v = self
                 .graph
-                .float_input("timestep_cond", g.iter().copied().collect(), shape)?;
-            inputs.push(("timestep_cond".into(), v));
+                .float_input(name, a.iter().copied().collect(), shape)?;
+            inputs.push(((*name).into(), v));
         }
         let out = self.graph.run4(inputs, &self.out.clone())?;
         if out.shape()[0] != b {

@@ -5,7 +5,10 @@
 //! * img2img (`StableDiffusionImg2ImgPipeline`): `strength` picks the first timestep, the encoded image is
 //!   noised there with `add_noise`, the loop runs over the remaining timesteps (`set_begin_index`);
 //! * inpainting (`StableDiffusionInpaintPipeline`): 9-channel UNets get latents + mask + masked-image latents;
-//!   4-channel UNets get the original, noised to the next timestep, blended back outside the mask each step.
+//!   4-channel UNets get the original, noised to the next timestep, blended back outside the mask each step;
+//! * SDXL txt2img (`StableDiffusionXLPipeline`): both text encoders' penultimate hidden states concatenated,
+//!   the second's pooled projection as `text_embeds`, `time_ids` = (height, width, 0, 0, height, width), and
+//!   zeros for the unconditional half when there is no negative prompt (`force_zeros_for_empty_prompt`).
 //!
 //! Generator draws happen in diffusers' order, so a seed gives diffusers' image.
 //!
@@ -77,6 +80,12 @@ impl Request {
             )));
         }
         if let Some(init) = &self.init {
+            if profile.xl.is_some() {
+                return Err(Error::Usage(format!(
+                    "{}: img2img and inpainting with SDXL are not supported yet (txt2img is)",
+                    profile.dir.display()
+                )));
+            }
             if !(0.0..=1.0).contains(&init.strength) || init.strength.is_nan() {
                 return Err(Error::Usage(format!(
                     "--strength {} is outside [0, 1]",
@@ -211,7 +220,10 @@ pub struct Pipeline<'r> {
     runtime: &'r Runtime,
     memory: MemoryMode,
     tokenizer: ClipTokenizer,
+    /// SDXL's second tokenizer and text encoder.
+    tokenizer_2: Option<ClipTokenizer>,
     text_encoder: Option<TextEncoder>,
+    text_encoder_2: Option<TextEncoder>,
     unet: Option<Unet>,
     vae_decoder: Option<VaeDecoder>,
     vae_encoder: Option<VaeEncoder>,
@@ -238,11 +250,17 @@ impl<'r> Pipeline<'r> {
         memory: MemoryMode,
     ) -> Result<Self> {
         let tokenizer = ClipTokenizer::from_dir(&profile.tokenizer_dir)?;
+        let tokenizer_2 = match &profile.xl {
+            Some(xl) => Some(ClipTokenizer::from_dir(&xl.tokenizer_2_dir)?),
+            None => None,
+        };
         let mut p = Pipeline {
             runtime,
             memory,
             tokenizer,
+            tokenizer_2,
             text_encoder: None,
+            text_encoder_2: None,
             unet: None,
             vae_decoder: None,
             vae_encoder: None,
@@ -271,6 +289,9 @@ impl<'r> Pipeline<'r> {
             return Ok(p);
         }
         p.text_encoder = Some(TextEncoder::load(runtime, &p.profile.text_encoder)?);
+        if let Some(xl) = &p.profile.xl {
+            p.text_encoder_2 = Some(TextEncoder::load(runtime, &xl.text_encoder_2)?);
+        }
         let unet = Unet::load(runtime, &p.profile.unet)?;
         if p.profile.latent_channels.is_none() {
             p.latent_channels = unet.declared_channels().unwrap_or(4);
@@ -299,6 +320,26 @@ impl<'r> Pipeline<'r> {
             .ok_or_else(|| Error::Usage("text encoder unavailable".into()))
     }
 
+    fn text_encoder_2(&mut self) -> Result<&mut TextEncoder> {
+        if self.text_encoder_2.is_none() {
+            let c = self
+                .profile
+                .xl
+                .as_ref()
+                .map(|x| &x.text_encoder_2)
+                .ok_or_else(|| {
+                    Error::model(
+                        &self.profile.dir,
+                        "has no text_encoder_2 (not an SDXL folder)",
+                    )
+                })?;
+            self.text_encoder_2 = Some(TextEncoder::load(self.runtime, c)?);
+        }
+        self.text_encoder_2
+            .as_mut()
+            .ok_or_else(|| Error::Usage("second text encoder unavailable".into()))
+    }
+
     fn unet(&mut self) -> Result<&mut Unet> {
         if self.unet.is_none() {
             let unet = Unet::load(self.runtime, &self.profile.unet)?;
@@ -322,6 +363,16 @@ impl<'r> Pipeline<'r> {
                     ));
                 }
                 _ => {}
+            }
+            if unet.takes_added_cond != self.profile.xl.is_some() {
+                return Err(Error::model(
+                    &self.profile.unet.graph,
+                    if unet.takes_added_cond {
+                        "takes SDXL's `text_embeds`/`time_ids`, but the folder has no text_encoder_2/"
+                    } else {
+                        "lacks SDXL's `text_embeds`/`time_ids` inputs, but the folder is an SDXL pipeline"
+                    },
+                ));
             }
             self.unet = Some(unet);
         }
@@ -396,6 +447,41 @@ impl<'r> Pipeline<'r> {
             ));
         }
         self.text_encoder()?.encode(&enc.ids)
+    }
+
+    /// SDXL: both encoders' penultimate hidden states concatenated (1, 77, w1 + w2), and the second encoder's
+    /// pooled projection (1, p), as `StableDiffusionXLPipeline.encode_prompt` builds them.
+    fn embed_xl(
+        &mut self,
+        text: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Array3<f32>, Array2<f32>)> {
+        let enc = self.tokenizer.encode(text)?;
+        if let Some(cut) = &enc.truncated {
+            warnings.push(format!(
+                "prompt longer than 77 CLIP tokens; this part was cut: \"{cut}\""
+            ));
+        }
+        let enc_2 = self
+            .tokenizer_2
+            .as_ref()
+            .ok_or_else(|| Error::Usage("second tokenizer unavailable".into()))?
+            .encode(text)?;
+        let (first, _) = self.text_encoder()?.encode_penultimate(&enc.ids)?;
+        let (second, pooled) = self.text_encoder_2()?.encode_penultimate(&enc_2.ids)?;
+        let pooled = pooled.ok_or_else(|| {
+            Error::model(
+                self.profile.dir.join("text_encoder_2"),
+                "has no `text_embeds` output (the pooled projection SDXL's UNet takes)",
+            )
+        })?;
+        let context = concatenate(Axis(2), &[first.view(), second.view()]).map_err(|e| {
+            Error::model(
+                &self.profile.dir,
+                format!("the two text encoders' hidden states do not concatenate: {e}"),
+            )
+        })?;
+        Ok((context, pooled))
     }
 
     /// `retrieve_latents(vae.encode(image), generator) * scaling_factor`: the latent distribution sampled
@@ -485,7 +571,6 @@ impl<'r> Pipeline<'r> {
         // 1. Embeddings: [uncond x B, cond x B] when guiding, as diffusers concatenates them. A guidance-distilled
         // UNet (LCM) instead takes the scale as an embedding, with no unconditional pass (diffusers:
         // `time_cond_proj_dim` turns classifier-free guidance off).
-        let cond = self.embed(&req.prompt, &mut warnings)?;
         let embedding_dim = self.profile.guidance_embedding.as_ref().map(|g| g.value);
         let guided = embedding_dim.is_none() && req.guidance > 1.0;
         let guidance_cond =
@@ -497,20 +582,63 @@ impl<'r> Pipeline<'r> {
                     .into(),
             );
         }
-        let repeat = |e: &Array3<f32>| -> Result<Array3<f32>> {
-            let views: Vec<_> = (0..req.batch).map(|_| e.view()).collect();
+        // [uncond x B, cond x B] (or cond x B), for any rank.
+        fn batched<D: ndarray::RemoveAxis>(
+            uncond: Option<&ndarray::Array<f32, D>>,
+            cond: &ndarray::Array<f32, D>,
+            batch: usize,
+        ) -> Result<ndarray::Array<f32, D>> {
+            let mut views: Vec<_> = Vec::new();
+            if let Some(u) = uncond {
+                views.extend((0..batch).map(|_| u.view()));
+            }
+            views.extend((0..batch).map(|_| cond.view()));
             concatenate(Axis(0), &views).map_err(|e| Error::Usage(e.to_string()))
-        };
-        let context = if guided {
-            let uncond = self.embed(req.negative_prompt.as_deref().unwrap_or(""), &mut warnings)?;
-            let (u, c) = (repeat(&uncond)?, repeat(&cond)?);
-            concatenate(Axis(0), &[u.view(), c.view()]).map_err(|e| Error::Usage(e.to_string()))?
+        }
+        // Named 2-D UNet inputs besides the text embeddings: the guidance embedding, SDXL's added conditioning.
+        let mut extras: Vec<(&'static str, Array2<f32>)> = Vec::new();
+        if let Some(g) = guidance_cond {
+            extras.push(("timestep_cond", g));
+        }
+        let context = if let Some(zeros_for_empty) = self
+            .profile
+            .xl
+            .as_ref()
+            .map(|x| x.zeros_for_empty_negative.value)
+        {
+            let (cond, pooled) = self.embed_xl(&req.prompt, &mut warnings)?;
+            let uncond = match (guided, req.negative_prompt.as_deref()) {
+                (false, _) => None,
+                (true, None) if zeros_for_empty => Some((
+                    Array3::zeros(cond.raw_dim()),
+                    Array2::zeros(pooled.raw_dim()),
+                )),
+                (true, negative) => Some(self.embed_xl(negative.unwrap_or(""), &mut warnings)?),
+            };
+            let context = batched(uncond.as_ref().map(|u| &u.0), &cond, req.batch)?;
+            let pooled = batched(uncond.as_ref().map(|u| &u.1), &pooled, req.batch)?;
+            // (original size, crop top-left, target size), the same for both halves.
+            let (h, w) = (req.height as f32, req.width as f32);
+            let ids = [h, w, 0.0, 0.0, h, w];
+            extras.push(("text_embeds", pooled));
+            extras.push((
+                "time_ids",
+                Array2::from_shape_fn((context.shape()[0], 6), |(_, j)| ids[j]),
+            ));
+            context
         } else {
-            repeat(&cond)?
+            let cond = self.embed(&req.prompt, &mut warnings)?;
+            let uncond = if guided {
+                Some(self.embed(req.negative_prompt.as_deref().unwrap_or(""), &mut warnings)?)
+            } else {
+                None
+            };
+            batched(uncond.as_ref(), &cond, req.batch)?
         };
         timings.text = started.elapsed();
         if self.memory != MemoryMode::KeepAll {
             self.text_encoder = None;
+            self.text_encoder_2 = None;
         }
 
         // 2. Initial latents, drawing from the generator in diffusers' order.
@@ -608,9 +736,7 @@ impl<'r> Pipeline<'r> {
         let unet_batch = if guided { 2 * req.batch } else { req.batch };
         let bound_shape = [unet_batch, self.unet_in_channels, shape.2, shape.3];
         if begin < timesteps.len()
-            && let Err(e) = self
-                .unet()?
-                .bind(&context, guidance_cond.as_ref(), &bound_shape)
+            && let Err(e) = self.unet()?.bind(&context, &extras, &bound_shape)
         {
             warnings.push(format!(
                 "UNet IO binding unavailable, running without it: {e}"
@@ -633,7 +759,7 @@ impl<'r> Pipeline<'r> {
             }
             let unet = self.unet()?;
             let bound_before = unet.bound_runs;
-            let out = unet.run(&input, t, &context, guidance_cond.as_ref())?;
+            let out = unet.run(&input, t, &context, &extras)?;
             if unet.bound_runs > bound_before {
                 timings.unet_host_io.push(unet.last_host_io);
             }

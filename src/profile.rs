@@ -45,6 +45,18 @@ pub struct Sourced<T> {
     pub source: String,
 }
 
+/// SDXL's second conditioning (diffusers' `StableDiffusionXLPipeline`): a second text encoder whose
+/// penultimate hidden states are concatenated to the first's, whose pooled projection the UNet takes as
+/// `text_embeds`, and the size/crop `time_ids`.
+#[derive(Clone, Debug)]
+pub struct XlConditioning {
+    pub text_encoder_2: Component,
+    pub tokenizer_2_dir: PathBuf,
+    /// `force_zeros_for_empty_prompt`: without a negative prompt, the unconditional embeddings (both the
+    /// sequence and the pooled one) are zeros instead of the empty prompt's.
+    pub zeros_for_empty_negative: Sourced<bool>,
+}
+
 #[derive(Clone, Debug)]
 pub struct ModelProfile {
     pub dir: PathBuf,
@@ -75,6 +87,8 @@ pub struct ModelProfile {
     /// (`time_cond_proj_dim`). Such a UNet is run once per step, without an unconditional pass.
     pub guidance_embedding: Option<Sourced<usize>>,
     pub unet_sample_size: Option<usize>,
+    /// Set for SDXL folders (`text_encoder_2/`).
+    pub xl: Option<XlConditioning>,
     pub prediction_type: String,
     /// Things that will not work, said plainly.
     pub problems: Vec<String>,
@@ -155,26 +169,49 @@ impl ModelProfile {
             ));
         }
         let index = optional_json(&dir.join("model_index.json"))?;
-        // SDXL (two text encoders, pooled embeddings, size/crop time ids) is a different pipeline: say so up
-        // front instead of failing later on an input the UNet lacks.
         let class = index
             .as_ref()
             .and_then(|v| v["_class_name"].as_str())
             .unwrap_or("");
-        if class.contains("XL") || dir.join("text_encoder_2").is_dir() {
-            let what = if class.is_empty() {
-                "text_encoder_2/"
-            } else {
-                class
-            };
-            return Err(Error::model(
-                dir,
-                format!(
-                    "an SDXL pipeline ({what}): not supported yet; sd-onnx runs Stable Diffusion 1.x/2.x \
-                     exports (one CLIP text encoder)"
-                ),
-            ));
-        }
+        let xl = if class.contains("XL") || dir.join("text_encoder_2").is_dir() {
+            // The SDXL refiner conditions on an aesthetic score and has only the second encoder: say so up
+            // front instead of failing later on an input the UNet lacks.
+            let aesthetic = index
+                .as_ref()
+                .and_then(|v| v["requires_aesthetics_score"].as_bool())
+                .unwrap_or(false);
+            if aesthetic || !dir.join("text_encoder").is_dir() {
+                return Err(Error::model(
+                    dir,
+                    "an SDXL refiner (aesthetic-score conditioning, no first text encoder): not supported; \
+                     sd-onnx runs SDXL base exports",
+                ));
+            }
+            let tokenizer_2_dir = dir.join("tokenizer_2");
+            if !tokenizer_2_dir.is_dir() {
+                return Err(Error::model(
+                    &tokenizer_2_dir,
+                    "missing: an SDXL folder needs its second tokenizer",
+                ));
+            }
+            let zeros = index
+                .as_ref()
+                .and_then(|v| v["force_zeros_for_empty_prompt"].as_bool());
+            Some(XlConditioning {
+                text_encoder_2: required(dir, "text_encoder_2")?,
+                tokenizer_2_dir,
+                zeros_for_empty_negative: Sourced {
+                    value: zeros.unwrap_or(true),
+                    source: if zeros.is_some() {
+                        "model_index.json force_zeros_for_empty_prompt".into()
+                    } else {
+                        "default (StableDiffusionXLPipeline's)".into()
+                    },
+                },
+            })
+        } else {
+            None
+        };
         let text_encoder = required(dir, "text_encoder")?;
         let unet = required(dir, "unet")?;
         let vae_decoder = required(dir, "vae_decoder")?;
@@ -325,6 +362,7 @@ impl ModelProfile {
             unet_in_channels,
             guidance_embedding,
             unet_sample_size,
+            xl,
             prediction_type,
             problems,
         })

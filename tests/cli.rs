@@ -120,11 +120,49 @@ fn broken_folders_are_named() {
         "takes `timestep_cond` (a guidance-distilled UNet)",
     );
 
-    // An SDXL export (optimum writes text_encoder_2/) is named as such, not failed on a missing UNet input.
+    // SDXL folders: one without its second tokenizer, a refiner, a UNet that does not match the folder,
+    // and img2img (not supported yet) are each named, not failed on a missing input later.
     let xl = d.join("xl");
     copy_dir(Path::new(MODEL), &xl);
     std::fs::create_dir_all(xl.join("text_encoder_2")).unwrap();
-    expect_usage(&run(&t2i(xl.to_str().unwrap(), &[])), "an SDXL pipeline");
+    expect_usage(
+        &run(&t2i(xl.to_str().unwrap(), &[])),
+        "an SDXL folder needs its second tokenizer",
+    );
+    let refiner = d.join("refiner");
+    copy_dir(Path::new("onnx/sdxl-tiny-optimum"), &refiner);
+    let index = refiner.join("model_index.json");
+    let text = std::fs::read_to_string(&index).unwrap().replacen(
+        "{",
+        "{\"requires_aesthetics_score\": true,",
+        1,
+    );
+    std::fs::write(&index, text).unwrap();
+    expect_usage(
+        &run(&t2i(refiner.to_str().unwrap(), &[])),
+        "an SDXL refiner",
+    );
+    let mixed = d.join("xl-with-sd-unet");
+    copy_dir(Path::new("onnx/sdxl-tiny-optimum"), &mixed);
+    let _ = std::fs::remove_dir_all(mixed.join("unet"));
+    copy_dir(&Path::new(MODEL).join("unet"), &mixed.join("unet"));
+    expect_usage(
+        &run(&t2i(mixed.to_str().unwrap(), &[])),
+        "lacks SDXL's `text_embeds`/`time_ids` inputs",
+    );
+    expect_usage(
+        &run(&[
+            "img2img",
+            "--model",
+            "onnx/sdxl-tiny-optimum",
+            "--init-image",
+            "tests/fixtures/images/init-64.png",
+            "--prompt",
+            "a cat",
+            "--quiet",
+        ]),
+        "img2img and inpainting with SDXL are not supported yet",
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 

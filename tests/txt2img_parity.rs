@@ -151,27 +151,48 @@ fn v_prediction_folders_match_diffusers() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// `--rng philox` end to end (tests/fixtures/philox, scripts/make_philox_fixture.py): diffusers' pipeline given
-/// the tensors a real `torch.Generator("cuda")` drew (initial latents, and for Euler ancestral the per-step noise
-/// of two steps, three successive draws), against our run with `--rng philox` and the same seed, which must
-/// draw those same tensors itself. Same bar as above.
-#[test]
-fn philox_runs_match_diffusers_fed_with_cuda_draws() {
-    let refs = Path::new("tests/fixtures/philox");
+/// Every case of a reference folder whose manifest names the model, on one pipeline; `check` sees each request
+/// first. All UNet calls must go through the IO binding.
+fn run_reference_folder(refs: &Path, label: &str, check: &dyn Fn(&ModelProfile, &Request)) {
     let doc = load_cases(refs);
     let runtime = runtime();
     let profile = ModelProfile::load(Path::new(doc["model"].as_str().unwrap())).unwrap();
     let mut pipe = Pipeline::load(&runtime, profile).unwrap();
     let (mut report, mut failures) = (Vec::new(), Vec::new());
     for case in doc["cases"].as_array().unwrap() {
-        let name = format!("philox {}", case["name"].as_str().unwrap());
+        let name = format!("{label} {}", case["name"].as_str().unwrap());
         let req = request(case);
-        assert_eq!(req.rng, RngKind::Philox);
+        check(&pipe.profile, &req);
         let out = pipe.generate(&req, &mut |_| {}).unwrap();
+        let (bound, calls) = (out.timings.bound_unet_calls, out.timings.unet.len());
+        assert_eq!(bound, calls, "{name}: unbound UNet calls");
         compare(&out, refs, case, &name, 2e-3, &mut report, &mut failures);
     }
     println!("{}", report.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// SDXL (tests/fixtures/sdxl, scripts/make_sdxl_fixture.py): a tiny StableDiffusionXLPipeline exported by optimum
+/// (two text encoders, pooled `text_embeds`, `time_ids`, VAE scale 0.13025, `force_zeros_for_empty_prompt`)
+/// against diffusers' PyTorch pipeline: default and negative prompts, DPM-Solver++ Karras, Euler ancestral at
+/// 96x64, batch 2 without guidance. Same bar as above.
+#[test]
+fn sdxl_matches_diffusers() {
+    run_reference_folder(Path::new("tests/fixtures/sdxl"), "sdxl", &|profile, _| {
+        assert!(profile.xl.as_ref().unwrap().zeros_for_empty_negative.value);
+        assert!((profile.vae_scaling_factor.value - 0.13025).abs() < 1e-7);
+    });
+}
+
+/// `--rng philox` end to end (tests/fixtures/philox, scripts/make_philox_fixture.py): diffusers' pipeline given
+/// the tensors a real `torch.Generator("cuda")` drew (initial latents, and for Euler ancestral the per-step noise
+/// of two steps, three successive draws), against our run with `--rng philox` and the same seed, which must
+/// draw those same tensors itself. Same bar as above.
+#[test]
+fn philox_runs_match_diffusers_fed_with_cuda_draws() {
+    run_reference_folder(Path::new("tests/fixtures/philox"), "philox", &|_, req| {
+        assert_eq!(req.rng, RngKind::Philox);
+    });
 }
 
 /// When the profile cannot know the UNet's depth (no config, a graph too large to read), a size the export
