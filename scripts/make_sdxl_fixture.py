@@ -4,7 +4,9 @@ references from diffusers' StableDiffusionXLPipeline (PyTorch).
 
     ../pyenv/bin/python scripts/make_sdxl_fixture.py      # the environment make_fixtures.py documents
 
-Writes onnx/sdxl-tiny-optimum and tests/fixtures/sdxl/. The structure is SDXL's (diffusers' own tiny test
+Writes onnx/sdxl-tiny-optimum, tests/fixtures/sdxl/ (txt2img) and tests/fixtures/sdxl-img2img/
+(StableDiffusionXLImg2ImgPipeline and StableDiffusionXLInpaintPipeline on the same weights, with their own
+default strengths 0.3 and 0.9999). The structure is SDXL's (diffusers' own tiny test
 configuration, scaled to the real CLIP vocabulary): UNet with addition_embed_type="text_time", a CLIPTextModel
 and a CLIPTextModelWithProjection whose penultimate hidden states are concatenated, tokenizer_2 padding with
 "!", VAE scaling factor 0.13025, force_zeros_for_empty_prompt, EulerDiscreteScheduler as SDXL ships it.
@@ -23,6 +25,7 @@ import make_fixtures as mf  # noqa: E402
 
 OUT_MODEL = mf.ONNX_DIR / "sdxl-tiny-optimum"
 OUT_REFS = mf.FIX_DIR / "sdxl"
+OUT_IMAGE_REFS = mf.FIX_DIR / "sdxl-img2img"
 SDXL_SCHEDULER = {
     "_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
     "beta_start": 0.00085, "clip_sample": False, "interpolation_type": "linear", "num_train_timesteps": 1000,
@@ -35,6 +38,13 @@ CASES = [
     {"name": "xl_dpmpp2m_karras", "scheduler": "dpm++2m", "karras": True, "steps": 12, "seed": 33},
     {"name": "xl_euler-a_nonsquare", "scheduler": "euler-a", "width": 96, "height": 64, "seed": 34},
     {"name": "xl_batch2_noguidance", "scheduler": "euler", "batch": 2, "guidance": 1.0, "seed": 35},
+]
+
+IMAGE_CASES = [
+    {"name": "xl_img2img_default", "mode": "img2img", "scheduler": "euler", "strength": 0.3, "seed": 41},
+    {"name": "xl_img2img_eulera_0.7", "mode": "img2img", "scheduler": "euler-a", "strength": 0.7, "seed": 42},
+    {"name": "xl_inpaint_default", "mode": "inpaint", "scheduler": "euler", "strength": 0.9999, "seed": 43},
+    {"name": "xl_inpaint_dpmpp2m_full", "mode": "inpaint", "scheduler": "dpm++2m", "strength": 1.0, "seed": 44},
 ]
 
 
@@ -127,6 +137,41 @@ def render(pipe, out: Path):
     mf.write_manifest(out, manifest, "onnx/sdxl-tiny-optimum")
 
 
+def render_images(pt_dir: Path, out: Path):
+    import diffusers
+    from PIL import Image
+
+    out.mkdir(parents=True)
+    pipes = {"img2img": diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(pt_dir),
+             "inpaint": diffusers.StableDiffusionXLInpaintPipeline.from_pretrained(pt_dir)}
+    manifest = []
+    for c in IMAGE_CASES:
+        c = {"prompt": mf.PROMPT, "negative_prompt": None, "steps": 20, "guidance": 7.5, "rng": "torch", "batch": 1,
+             "karras": False, "image": "init-64.png", "mask": "mask-64.png", **c}
+        pipe = pipes[c["mode"]]
+        pipe.set_progress_bar_config(disable=True)
+        cls_name, extra = mf.SCHEDULERS[c["scheduler"]]
+        pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+        image = Image.open(mf.FIX_DIR / "images" / c["image"]).convert("RGB")
+        c["width"], c["height"] = image.size
+        kwargs = dict(prompt=c["prompt"], image=image, strength=c["strength"], num_inference_steps=c["steps"],
+                      guidance_scale=c["guidance"], num_images_per_prompt=c["batch"])
+        if c["mode"] == "inpaint":
+            kwargs.update(mask_image=Image.open(mf.FIX_DIR / "images" / c["mask"]), width=c["width"],
+                          height=c["height"])
+        else:
+            c["mask"] = None
+        res = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(c["seed"]), output_type="np").images
+        lat = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(c["seed"]), output_type="latent").images
+        (out / f"{c['name']}.latents.bin").write_bytes(lat.numpy().astype("<f4").tobytes())
+        name = f"{c['name']}.png"
+        Image.fromarray((res[0] * 255).round().astype("uint8")).save(out / name)
+        c["files"] = [name]
+        manifest.append(c)
+        print(f"  {c['name']}: mean {(res * 255).mean():.1f}")
+    mf.write_manifest(out, manifest, "onnx/sdxl-tiny-optimum")
+
+
 def check_graphs(pipe, staged: Path):
     """The exported encoders and UNet against the PyTorch modules (optimum checks too, at its own tolerance)."""
     ids = pipe.tokenizer(mf.PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
@@ -164,10 +209,14 @@ def main():
         check_graphs(pipe, staged)
         refs = work / "refs"
         render(pipe, refs)
+        image_refs = work / "image-refs"
+        render_images(pt_dir, image_refs)
         shutil.rmtree(OUT_MODEL, ignore_errors=True)
         shutil.copytree(staged, OUT_MODEL)
         shutil.rmtree(OUT_REFS, ignore_errors=True)
         shutil.copytree(refs, OUT_REFS)
+        shutil.rmtree(OUT_IMAGE_REFS, ignore_errors=True)
+        shutil.copytree(image_refs, OUT_IMAGE_REFS)
         print(f"{OUT_MODEL.relative_to(mf.ROOT)}: {mf.dir_size(OUT_MODEL) / 1e6:.1f} MB")
 
 

@@ -302,9 +302,10 @@ pub struct Img2ImgArgs {
     /// The starting image (PNG, JPEG or WebP); its size, rounded down to the VAE factor, unless --width/--height.
     #[arg(long, value_name = "PATH")]
     pub init_image: PathBuf,
-    /// Share of the schedule to run, in [0, 1]: 0 returns the image re-encoded, 1 ignores most of it.
-    #[arg(long, default_value_t = 0.8)]
-    pub strength: f64,
+    /// Share of the schedule to run, in [0, 1]: 0 returns the image re-encoded, 1 ignores most of it
+    /// (default: diffusers' img2img pipelines', 0.8, or 0.3 for SDXL).
+    #[arg(long)]
+    pub strength: Option<f64>,
     #[command(flatten)]
     pub common: Txt2ImgArgs,
 }
@@ -316,8 +317,9 @@ pub struct InpaintArgs {
     /// White = repaint, black = keep (converted to grayscale and binarised at 50%).
     #[arg(long, value_name = "PATH")]
     pub mask: PathBuf,
-    #[arg(long, default_value_t = 1.0)]
-    pub strength: f64,
+    /// Share of the schedule to run (default: diffusers' inpainting pipelines', 1.0, or 0.9999 for SDXL).
+    #[arg(long)]
+    pub strength: Option<f64>,
     #[command(flatten)]
     pub common: Txt2ImgArgs,
 }
@@ -417,11 +419,11 @@ fn batch_path(base: &Path, i: usize, batch: usize) -> PathBuf {
     base.with_file_name(format!("{stem}-{i}.{ext}"))
 }
 
-/// img2img / inpaint inputs as given on the command line.
+/// img2img / inpaint inputs as given on the command line (`strength`: none given, the pipeline's default).
 struct InitSpec {
     image: PathBuf,
     mask: Option<PathBuf>,
-    strength: f64,
+    strength: Option<f64>,
 }
 
 fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
@@ -486,10 +488,16 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     let init = match init {
         None => None,
         Some(spec) => {
-            if !(0.0..=1.0).contains(&spec.strength) || spec.strength.is_nan() {
+            // diffusers' defaults: (Stable Diffusion, SDXL) img2img (0.8, 0.3), inpainting (1.0, 0.9999).
+            let strength = spec.strength.unwrap_or(match (&spec.mask, &profile.xl) {
+                (None, None) => 0.8,
+                (None, Some(_)) => 0.3,
+                (Some(_), None) => 1.0,
+                (Some(_), Some(_)) => 0.9999,
+            });
+            if !(0.0..=1.0).contains(&strength) || strength.is_nan() {
                 return Err(Error::Usage(format!(
-                    "--strength {} is outside [0, 1]",
-                    spec.strength
+                    "--strength {strength} is outside [0, 1]"
                 )));
             }
             let image = crate::images::load_image(&spec.image, width, height)?;
@@ -509,7 +517,7 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
             Some(Init {
                 image,
                 mask,
-                strength: spec.strength,
+                strength,
             })
         }
     };

@@ -6,9 +6,10 @@
 //!   noised there with `add_noise`, the loop runs over the remaining timesteps (`set_begin_index`);
 //! * inpainting (`StableDiffusionInpaintPipeline`): 9-channel UNets get latents + mask + masked-image latents;
 //!   4-channel UNets get the original, noised to the next timestep, blended back outside the mask each step;
-//! * SDXL txt2img (`StableDiffusionXLPipeline`): both text encoders' penultimate hidden states concatenated,
-//!   the second's pooled projection as `text_embeds`, `time_ids` = (height, width, 0, 0, height, width), and
-//!   zeros for the unconditional half when there is no negative prompt (`force_zeros_for_empty_prompt`).
+//! * SDXL (`StableDiffusionXLPipeline`, `...XLImg2ImgPipeline`, `...XLInpaintPipeline` of base models): the same
+//!   three, conditioned on both text encoders' penultimate hidden states concatenated, the second's pooled
+//!   projection as `text_embeds` and `time_ids` = (height, width, 0, 0, height, width), with zeros for the
+//!   unconditional half when there is no negative prompt (`force_zeros_for_empty_prompt`).
 //!
 //! Generator draws happen in diffusers' order, so a seed gives diffusers' image.
 //!
@@ -80,12 +81,6 @@ impl Request {
             )));
         }
         if let Some(init) = &self.init {
-            if profile.xl.is_some() {
-                return Err(Error::Usage(format!(
-                    "{}: img2img and inpainting with SDXL are not supported yet (txt2img is)",
-                    profile.dir.display()
-                )));
-            }
             if !(0.0..=1.0).contains(&init.strength) || init.strength.is_nan() {
                 return Err(Error::Usage(format!(
                     "--strength {} is outside [0, 1]",

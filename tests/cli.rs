@@ -120,8 +120,8 @@ fn broken_folders_are_named() {
         "takes `timestep_cond` (a guidance-distilled UNet)",
     );
 
-    // SDXL folders: one without its second tokenizer, a refiner, a UNet that does not match the folder,
-    // and img2img (not supported yet) are each named, not failed on a missing input later.
+    // SDXL folders: one without its second tokenizer, a refiner, and a UNet that does not match the folder
+    // are each named, not failed on a missing input later.
     let xl = d.join("xl");
     copy_dir(Path::new(MODEL), &xl);
     std::fs::create_dir_all(xl.join("text_encoder_2")).unwrap();
@@ -149,19 +149,6 @@ fn broken_folders_are_named() {
     expect_usage(
         &run(&t2i(mixed.to_str().unwrap(), &[])),
         "lacks SDXL's `text_embeds`/`time_ids` inputs",
-    );
-    expect_usage(
-        &run(&[
-            "img2img",
-            "--model",
-            "onnx/sdxl-tiny-optimum",
-            "--init-image",
-            "tests/fixtures/images/init-64.png",
-            "--prompt",
-            "a cat",
-            "--quiet",
-        ]),
-        "img2img and inpainting with SDXL are not supported yet",
     );
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -640,6 +627,47 @@ fn img2img_and_inpaint_inputs() {
             .text
             .contains("Denoising strength: 0,")
     );
+
+    // Without --strength, each pipeline's diffusers default: SD img2img 0.8, SDXL img2img 0.3, SDXL
+    // inpainting 0.9999.
+    for (command, model, want) in [
+        ("img2img", MODEL, "Denoising strength: 0.8,"),
+        (
+            "img2img",
+            "onnx/sdxl-tiny-optimum",
+            "Denoising strength: 0.3,",
+        ),
+        (
+            "inpaint",
+            "onnx/sdxl-tiny-optimum",
+            "Denoising strength: 0.9999,",
+        ),
+    ] {
+        let mut args = vec![
+            command,
+            "--model",
+            model,
+            "--prompt",
+            "a cat",
+            "--steps",
+            "4",
+            "--quiet",
+            "--init-image",
+            img,
+            "--output",
+            out_s,
+        ];
+        if command == "inpaint" {
+            args.extend(["--mask", "tests/fixtures/images/mask-64.png"]);
+        }
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()))
+            .read_info()
+            .unwrap();
+        let text = &reader.info().uncompressed_latin1_text[0].text;
+        assert!(text.contains(want), "{command} {model}: {text}");
+    }
 
     // A 200x37 input: diffusers would take 200x32, which this UNet cannot run (multiples of 16): it is
     // used at 192x32, with a note saying why.

@@ -81,6 +81,27 @@ fn img2img_and_inpainting_match_diffusers() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// SDXL img2img and (4-channel, blending) inpainting on the tiny SDXL export (tests/fixtures/sdxl-img2img,
+/// scripts/make_sdxl_fixture.py) against diffusers' StableDiffusionXLImg2ImgPipeline and
+/// StableDiffusionXLInpaintPipeline, at their default strengths (0.3, 0.9999) and others. Same bar.
+#[test]
+fn sdxl_img2img_and_inpainting_match_diffusers() {
+    let refs = Path::new("tests/fixtures/sdxl-img2img");
+    let doc = load_cases(refs);
+    let runtime = runtime();
+    let profile = ModelProfile::load(Path::new(doc["model"].as_str().unwrap())).unwrap();
+    assert!(profile.xl.is_some());
+    let mut pipe = Pipeline::load(&runtime, profile).unwrap();
+    let (mut report, mut failures) = (Vec::new(), Vec::new());
+    for case in doc["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let out = pipe.generate(&request(case), &mut |_| {}).unwrap();
+        compare(&out, refs, case, name, 2e-3, &mut report, &mut failures);
+    }
+    println!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// The convert-script exports sample inside the encoder graph: they run (and the 9-channel UNet is
 /// recognised from `conv_in`'s weight shape, its `sample` channels being symbolic) but cannot match.
 #[test]
