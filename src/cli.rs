@@ -252,7 +252,7 @@ pub struct Txt2ImgArgs {
     /// Denoising steps (default 25; 4 for guidance-distilled LCM models, diffusers' LCM default).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Guidance scale (default 7.5; 8.5 for LCM models). Classifier-free: 1 or less skips the unconditional
+    /// Guidance scale (default 7.5; 5 for SDXL, 8.5 for LCM models). Classifier-free: 1 or less skips the unconditional
     /// pass; LCM models take it as an embedding instead.
     #[arg(long)]
     pub guidance: Option<f32>,
@@ -453,10 +453,12 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
         }
     };
     // diffusers' pipeline defaults: LatentConsistencyModelPipeline's (4 steps, 8.5) for guidance-distilled
-    // UNets; ours (25, 7.5) otherwise.
-    let (default_steps, default_guidance) = match profile.guidance_embedding {
-        Some(_) => (4, 8.5),
-        None => (25, 7.5),
+    // UNets, StableDiffusionXLPipeline's guidance 5.0 for SDXL; otherwise ours: 25 steps (diffusers has 50),
+    // guidance 7.5.
+    let (default_steps, default_guidance) = match (&profile.guidance_embedding, &profile.xl) {
+        (Some(_), _) => (4, 8.5),
+        (None, Some(_)) => (25, 5.0),
+        (None, None) => (25, 7.5),
     };
     let steps = a.steps.unwrap_or(default_steps);
     let guidance = a.guidance.unwrap_or(default_guidance);

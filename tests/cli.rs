@@ -629,7 +629,7 @@ fn img2img_and_inpaint_inputs() {
     );
 
     // Without --strength, each pipeline's diffusers default: SD img2img 0.8, SDXL img2img 0.3, SDXL
-    // inpainting 0.9999.
+    // inpainting 0.9999; and without --guidance, 7.5, or StableDiffusionXLPipeline's 5 for SDXL.
     for (command, model, want) in [
         ("img2img", MODEL, "Denoising strength: 0.8,"),
         (
@@ -667,6 +667,12 @@ fn img2img_and_inpaint_inputs() {
             .unwrap();
         let text = &reader.info().uncompressed_latin1_text[0].text;
         assert!(text.contains(want), "{command} {model}: {text}");
+        let cfg = if model == MODEL {
+            "CFG scale: 7.5,"
+        } else {
+            "CFG scale: 5,"
+        };
+        assert!(text.contains(cfg), "{command} {model}: {text}");
     }
 
     // A 200x37 input: diffusers would take 200x32, which this UNet cannot run (multiples of 16): it is
