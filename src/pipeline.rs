@@ -288,6 +288,7 @@ impl<'r> Pipeline<'r> {
             p.text_encoder_2 = Some(TextEncoder::load(runtime, &xl.text_encoder_2)?);
         }
         let unet = Unet::load(runtime, &p.profile.unet)?;
+        check_unet(&p.profile, &unet)?;
         if p.profile.latent_channels.is_none() {
             p.latent_channels = unet.declared_channels().unwrap_or(4);
         }
@@ -338,37 +339,7 @@ impl<'r> Pipeline<'r> {
     fn unet(&mut self) -> Result<&mut Unet> {
         if self.unet.is_none() {
             let unet = Unet::load(self.runtime, &self.profile.unet)?;
-            // Whether the UNet takes the guidance as an embedding decides the text encoding (no unconditional
-            // pass), so the config that says it and the graph must agree.
-            match (unet.takes_guidance, &self.profile.guidance_embedding) {
-                (true, None) => {
-                    return Err(Error::model(
-                        &self.profile.unet.graph,
-                        "takes `timestep_cond` (a guidance-distilled UNet) but unet/config.json gives no \
-                         time_cond_proj_dim: add the config the export came with",
-                    ));
-                }
-                (false, Some(g)) => {
-                    return Err(Error::model(
-                        &self.profile.unet.graph,
-                        format!(
-                            "has no `timestep_cond` input, but {} says the UNet takes a guidance embedding",
-                            g.source
-                        ),
-                    ));
-                }
-                _ => {}
-            }
-            if unet.takes_added_cond != self.profile.xl.is_some() {
-                return Err(Error::model(
-                    &self.profile.unet.graph,
-                    if unet.takes_added_cond {
-                        "takes SDXL's `text_embeds`/`time_ids`, but the folder has no text_encoder_2/"
-                    } else {
-                        "lacks SDXL's `text_embeds`/`time_ids` inputs, but the folder is an SDXL pipeline"
-                    },
-                ));
-            }
+            check_unet(&self.profile, &unet)?;
             self.unet = Some(unet);
         }
         self.unet
@@ -843,6 +814,43 @@ impl<'r> Pipeline<'r> {
             timings,
         })
     }
+}
+
+/// The UNet's inputs must agree with what the folder's configs say, since they decide the text encoding: a
+/// guidance embedding (`timestep_cond`, LCM) and SDXL's added conditioning (`text_embeds`, `time_ids`).
+fn check_unet(profile: &ModelProfile, unet: &Unet) -> Result<()> {
+    // Whether the UNet takes the guidance as an embedding decides the text encoding (no unconditional
+    // pass), so the config that says it and the graph must agree.
+    match (unet.takes_guidance, &profile.guidance_embedding) {
+        (true, None) => {
+            return Err(Error::model(
+                &profile.unet.graph,
+                "takes `timestep_cond` (a guidance-distilled UNet) but unet/config.json gives no \
+                 time_cond_proj_dim: add the config the export came with",
+            ));
+        }
+        (false, Some(g)) => {
+            return Err(Error::model(
+                &profile.unet.graph,
+                format!(
+                    "has no `timestep_cond` input, but {} says the UNet takes a guidance embedding",
+                    g.source
+                ),
+            ));
+        }
+        _ => {}
+    }
+    if unet.takes_added_cond != profile.xl.is_some() {
+        return Err(Error::model(
+            &profile.unet.graph,
+            if unet.takes_added_cond {
+                "takes SDXL's `text_embeds`/`time_ids`, but the folder has no text_encoder_2/"
+            } else {
+                "lacks SDXL's `text_embeds`/`time_ids` inputs, but the folder is an SDXL pipeline"
+            },
+        ));
+    }
+    Ok(())
 }
 
 /// diffusers' `rescale_noise_cfg`: per image, scale the guided prediction to the text prediction's standard

@@ -216,3 +216,20 @@ fn sizes_the_unet_cannot_run_are_explained() {
     assert!(usage, "{msg}");
     assert!(msg.contains("cannot run a 9x8 latent"), "{msg}");
 }
+
+/// A UNet that does not match its folder (an SD UNet in an SDXL folder) is refused when the pipeline loads every
+/// graph up front too (library users, `bench`), not only on the CLI's load-on-use path.
+#[test]
+fn a_unet_that_does_not_match_its_folder_is_refused_at_load() {
+    let runtime = runtime();
+    let dir = std::env::temp_dir().join(format!("sdonnx-xl-mixed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(Path::new("onnx/sdxl-tiny-optimum"), &dir);
+    std::fs::remove_dir_all(dir.join("unet")).unwrap();
+    copy_dir(Path::new("onnx/sd-tiny-optimum/unet"), &dir.join("unet"));
+    let err = Pipeline::load(&runtime, ModelProfile::load(&dir).unwrap())
+        .err()
+        .expect("an SD UNet in an SDXL folder must be refused");
+    assert!(err.to_string().contains("lacks SDXL's"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
