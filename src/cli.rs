@@ -452,16 +452,9 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
             )));
         }
     };
-    // diffusers' pipeline defaults: LatentConsistencyModelPipeline's (4 steps, 8.5) for guidance-distilled
-    // UNets, StableDiffusionXLPipeline's guidance 5.0 for SDXL; otherwise ours: 25 steps (diffusers has 50),
-    // guidance 7.5.
-    let (default_steps, default_guidance) = match (&profile.guidance_embedding, &profile.xl) {
-        (Some(_), _) => (4, 8.5),
-        (None, Some(_)) => (25, 5.0),
-        (None, None) => (25, 7.5),
-    };
-    let steps = a.steps.unwrap_or(default_steps);
-    let guidance = a.guidance.unwrap_or(default_guidance);
+    let defaults = profile.defaults();
+    let steps = a.steps.unwrap_or(defaults.steps);
+    let guidance = a.guidance.unwrap_or(defaults.guidance);
     let mut notes = Vec::new();
     let (dw, dh) = match &init {
         Some(i) => {
@@ -490,12 +483,9 @@ fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     let init = match init {
         None => None,
         Some(spec) => {
-            // diffusers' defaults: (Stable Diffusion, SDXL) img2img (0.8, 0.3), inpainting (1.0, 0.9999).
-            let strength = spec.strength.unwrap_or(match (&spec.mask, &profile.xl) {
-                (None, None) => 0.8,
-                (None, Some(_)) => 0.3,
-                (Some(_), None) => 1.0,
-                (Some(_), Some(_)) => 0.9999,
+            let strength = spec.strength.unwrap_or(match spec.mask {
+                None => defaults.img2img_strength,
+                Some(_) => defaults.inpaint_strength,
             });
             if !(0.0..=1.0).contains(&strength) || strength.is_nan() {
                 return Err(Error::Usage(format!(

@@ -57,6 +57,15 @@ pub struct XlConditioning {
     pub zeros_for_empty_negative: Sourced<bool>,
 }
 
+/// Defaults for what a request leaves out (see [`ModelProfile::defaults`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunDefaults {
+    pub steps: usize,
+    pub guidance: f32,
+    pub img2img_strength: f64,
+    pub inpaint_strength: f64,
+}
+
 #[derive(Clone, Debug)]
 pub struct ModelProfile {
     pub dir: PathBuf,
@@ -368,6 +377,29 @@ impl ModelProfile {
         })
     }
 
+    /// What a run uses when the user does not say: diffusers' pipeline defaults for this kind of model.
+    /// Guidance-distilled UNets: LatentConsistencyModelPipeline's 4 steps and guidance 8.5; SDXL:
+    /// StableDiffusionXLPipeline's guidance 5 and its img2img/inpainting strengths 0.3 and 0.9999; otherwise
+    /// StableDiffusionPipeline's guidance 7.5 and strengths 0.8 and 1.0. Steps are ours (25) where diffusers
+    /// has 50.
+    pub fn defaults(&self) -> RunDefaults {
+        let (img2img_strength, inpaint_strength) = match self.xl {
+            Some(_) => (0.3, 0.9999),
+            None => (0.8, 1.0),
+        };
+        let (steps, guidance) = match (&self.guidance_embedding, &self.xl) {
+            (Some(_), _) => (4, 8.5),
+            (None, Some(_)) => (25, 5.0),
+            (None, None) => (25, 7.5),
+        };
+        RunDefaults {
+            steps,
+            guidance,
+            img2img_strength,
+            inpaint_strength,
+        }
+    }
+
     /// diffusers' default size: `unet.config.sample_size * vae_scale_factor`, else 512.
     pub fn default_size(&self) -> (usize, usize) {
         match self.unet_sample_size {
@@ -409,6 +441,19 @@ mod tests {
         assert!(opt.size_multiple.source.contains("config.json"));
         assert_eq!(conv.size_multiple.value, 16);
         assert!(conv.size_multiple.source.contains("Resize"));
+    }
+
+    #[test]
+    fn defaults_follow_the_diffusers_pipeline_of_the_model() {
+        let d = |dir: &str| ModelProfile::load(Path::new(dir)).unwrap().defaults();
+        let sd = d("onnx/sd-tiny-optimum");
+        assert_eq!((sd.steps, sd.guidance), (25, 7.5));
+        assert_eq!((sd.img2img_strength, sd.inpaint_strength), (0.8, 1.0));
+        let lcm = d("onnx/sd-tiny-lcm-optimum");
+        assert_eq!((lcm.steps, lcm.guidance), (4, 8.5));
+        let xl = d("onnx/sdxl-tiny-optimum");
+        assert_eq!((xl.steps, xl.guidance), (25, 5.0));
+        assert_eq!((xl.img2img_strength, xl.inpaint_strength), (0.3, 0.9999));
     }
 
     #[test]
