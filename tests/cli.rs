@@ -36,6 +36,16 @@ fn expect_usage(o: &Output, needle: &str) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// The `parameters` text chunk of a PNG the binary wrote (checked to be the first text chunk).
+fn png_parameters(path: &Path) -> String {
+    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()))
+        .read_info()
+        .unwrap();
+    let chunk = &reader.info().uncompressed_latin1_text[0];
+    assert_eq!(chunk.keyword, "parameters");
+    chunk.text.clone()
+}
+
 fn t2i<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
         "txt2img", "--model", model, "--prompt", "a cat", "--steps", "2", "--quiet",
@@ -184,18 +194,13 @@ fn writes_pngs_with_parameters_and_batch_suffixes() {
     ));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     for name in ["cat-0.png", "cat-1.png"] {
-        let f = std::fs::File::open(d.join(name)).unwrap();
-        let reader = png::Decoder::new(std::io::BufReader::new(f))
-            .read_info()
-            .unwrap();
-        let text = &reader.info().uncompressed_latin1_text[0];
-        assert_eq!(text.keyword, "parameters");
+        let text = png_parameters(&d.join(name));
         assert!(
-            text.text.starts_with("a cat\nSteps: 2, Sampler: Euler a,"),
+            text.starts_with("a cat\nSteps: 2, Sampler: Euler a,"),
             "{}",
-            text.text
+            text
         );
-        assert!(text.text.contains("Seed: 5, Size: 64x64"), "{}", text.text);
+        assert!(text.contains("Seed: 5, Size: 64x64"), "{text}");
     }
     // Unwritable output: exit 1, and nothing (no temp file) left behind.
     let o = run(&t2i(
@@ -333,10 +338,7 @@ fn guidance_distilled_models_from_the_cli() {
         stderr(&o)
     );
     // Without --steps/--guidance: LatentConsistencyModelPipeline's defaults, 4 steps at 8.5.
-    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()))
-        .read_info()
-        .unwrap();
-    let text = &reader.info().uncompressed_latin1_text[0].text;
+    let text = png_parameters(&out);
     assert!(text.contains("Steps: 4,"), "{text}");
     assert!(text.contains("CFG scale: 8.5,"), "{text}");
     // --timings-json: one bound UNet call per step, no capture on the CPU.
@@ -415,10 +417,7 @@ fn defaults_follow_the_folder_and_print_the_seed() {
         .parse()
         .unwrap();
     let file = d.join(format!("sd-onnx-{seed}.png"));
-    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&file).unwrap()))
-        .read_info()
-        .unwrap();
-    let text = &reader.info().uncompressed_latin1_text[0].text;
+    let text = png_parameters(&file);
     assert!(text.contains("Steps: 25, Sampler: PLMS,"), "{text}");
     assert!(
         text.contains(&format!("Seed: {seed}, Size: 64x64")),
@@ -619,14 +618,7 @@ fn img2img_and_inpaint_inputs() {
         out_s,
     ]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()))
-        .read_info()
-        .unwrap();
-    assert!(
-        reader.info().uncompressed_latin1_text[0]
-            .text
-            .contains("Denoising strength: 0,")
-    );
+    assert!(png_parameters(&out).contains("Denoising strength: 0,"));
 
     // Without --strength, each pipeline's diffusers default: SD img2img 0.8, SDXL img2img 0.3, SDXL
     // inpainting 0.9999; and without --guidance, 7.5, or StableDiffusionXLPipeline's 5 for SDXL.
@@ -662,10 +654,7 @@ fn img2img_and_inpaint_inputs() {
         }
         let o = run(&args);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()))
-            .read_info()
-            .unwrap();
-        let text = &reader.info().uncompressed_latin1_text[0].text;
+        let text = png_parameters(&out);
         assert!(text.contains(want), "{command} {model}: {text}");
         let cfg = if model == MODEL {
             "CFG scale: 7.5,"
