@@ -16,6 +16,7 @@ pub fn quantile(values: &[Duration], q: f64) -> Duration {
     v[idx]
 }
 
+/// The median (lower middle) of the durations; zero when empty.
 pub fn median(values: &[Duration]) -> Duration {
     quantile(values, 0.5)
 }

@@ -9,27 +9,56 @@ pub enum Error {
     /// A flag or argument value the user gave cannot be used (exit code 2).
     #[error("{0}")]
     Usage(String),
+    /// A request field (an [`crate::pipeline::Intent`] field: `width`, `strength`, ...) has a value that
+    /// cannot be used (exit code 2). Shown as `field message`; the CLI names its flag instead.
+    #[error("{field} {msg}")]
+    Invalid {
+        /// The field, as the library names it.
+        field: &'static str,
+        /// What is wrong with its value, starting with the value.
+        msg: String,
+    },
+    /// The run was interrupted through [`crate::pipeline::Pipeline::interrupter`] (exit code 1).
+    #[error("interrupted")]
+    Interrupted,
     /// A model folder, config or graph is missing something or says something we cannot honour (exit code 2).
     #[error("{}: {msg}", path.display())]
-    Model { path: PathBuf, msg: String },
+    Model {
+        /// The file or folder at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// A file we had to read could not be read (exit code 2: the user pointed us at it).
     #[error("{}: {source}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
     /// An output could not be written (exit code 1).
     #[error("{}: {source}", path.display())]
     Write {
+        /// The file.
         path: PathBuf,
+        /// Why it could not be written.
         source: std::io::Error,
     },
     /// The ONNX Runtime library could not be found or loaded (exit code 2: it is a set-up step).
     #[error("{0}")]
     Runtime(String),
+    /// An image could not be encoded (exit code 1).
+    #[error("encoding the image: {0}")]
+    Encode(String),
     /// ONNX Runtime failed while running a graph (exit code 1).
     #[error("{context}: {msg}")]
-    Ort { context: String, msg: String },
+    Ort {
+        /// The graph and input or output concerned.
+        context: String,
+        /// ONNX Runtime's message.
+        msg: String,
+    },
     /// A scheduler config value we cannot honour.
     #[error("{0}")]
     Scheduler(#[from] crate::schedulers::SchedulerError),
@@ -42,6 +71,7 @@ impl Error {
         matches!(
             self,
             Error::Usage(_)
+                | Error::Invalid { .. }
                 | Error::Model { .. }
                 | Error::Read { .. }
                 | Error::Runtime(_)
@@ -65,4 +95,5 @@ impl Error {
     }
 }
 
+/// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -11,7 +11,8 @@ use ndarray::{Array2, Array4};
 use std::borrow::Cow;
 use std::path::Path;
 
-fn open(path: &Path) -> Result<DynamicImage> {
+/// Read and decode an image file (PNG, JPEG or WebP, by its content).
+pub fn read(path: &Path) -> Result<DynamicImage> {
     let reader = ImageReader::open(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
@@ -25,39 +26,21 @@ fn open(path: &Path) -> Result<DynamicImage> {
         .map_err(|e| Error::Usage(format!("{}: cannot decode image ({e})", path.display())))
 }
 
-/// The size diffusers uses for an input: the requested one, else the image's rounded down to `factor`.
-pub fn target_size(
-    path: &Path,
-    width: Option<usize>,
-    height: Option<usize>,
-    factor: usize,
-) -> Result<(usize, usize)> {
-    let (w, h) = open(path)?.dimensions();
-    let (w, h) = (
-        width.unwrap_or(w as usize - w as usize % factor),
-        height.unwrap_or(h as usize - h as usize % factor),
-    );
-    if w == 0 || h == 0 {
-        return Err(Error::Usage(format!(
-            "{}: image smaller than {factor} pixels",
-            path.display()
-        )));
-    }
-    Ok((w, h))
+/// An RGB image as a (1, 3, H, W) tensor in [-1, 1], read from `path` and resized to (width, height) when
+/// needed.
+pub fn load_image(path: &Path, width: usize, height: usize) -> Result<Array4<f32>> {
+    Ok(prepare_image(&read(path)?, width, height))
 }
 
-/// An RGB image as a (1, 3, H, W) tensor in [-1, 1], resized to (width, height) when needed.
-pub fn load_image(path: &Path, width: usize, height: usize) -> Result<Array4<f32>> {
-    let rgb = open(path)?.to_rgb8();
+/// [`load_image`] of an image already decoded.
+pub fn prepare_image(image: &DynamicImage, width: usize, height: usize) -> Array4<f32> {
+    let rgb = image.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     let pixels = pil_lanczos(rgb.as_raw(), w, h, 3, width, height);
-    Ok(Array4::from_shape_fn(
-        (1, 3, height, width),
-        |(_, c, y, x)| {
-            let v = pixels[(y * width + x) * 3 + c] as f32 / 255.0;
-            2.0 * v - 1.0
-        },
-    ))
+    Array4::from_shape_fn((1, 3, height, width), |(_, c, y, x)| {
+        let v = pixels[(y * width + x) * 3 + c] as f32 / 255.0;
+        2.0 * v - 1.0
+    })
 }
 
 /// Pillow's fixed-point precision for 8-bit resampling (`PRECISION_BITS` in libImaging/Resample.c).
@@ -193,7 +176,11 @@ pub fn pil_lanczos(
 /// A mask at (width, height): 1 where the image is repainted (white), 0 where it is kept.
 /// Returns the mask and whether it had to be resized (a different size than the image).
 pub fn load_mask(path: &Path, width: usize, height: usize) -> Result<(Array2<f32>, bool)> {
-    let img = open(path)?;
+    Ok(prepare_mask(&read(path)?, width, height))
+}
+
+/// [`load_mask`] of an image already decoded.
+pub fn prepare_mask(img: &DynamicImage, width: usize, height: usize) -> (Array2<f32>, bool) {
     let resized = img.dimensions() != (width as u32, height as u32);
     // PIL's convert("L"): L = (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, on the full-size image.
     let rgb = img.to_rgb8();
@@ -210,13 +197,13 @@ pub fn load_mask(path: &Path, width: usize, height: usize) -> Result<(Array2<f32
         width,
         height,
     );
-    Ok((
+    (
         Array2::from_shape_fn((height, width), |(y, x)| {
             let v = luma[y * width + x] as f32 / 255.0;
             if v < 0.5 { 0.0 } else { 1.0 }
         }),
         resized,
-    ))
+    )
 }
 
 #[cfg(test)]
@@ -242,12 +229,12 @@ mod tests {
         assert_eq!(m.as_slice().unwrap(), &[0.0, 1.0]);
         let t = load_image(&p, 2, 1).unwrap();
         assert!((t[[0, 0, 0, 0]] - (2.0 * 200.0 / 255.0 - 1.0)).abs() < 1e-6);
-        assert_eq!(target_size(&p, None, None, 1).unwrap(), (2, 1));
+        assert_eq!(read(&p).unwrap().dimensions(), (2, 1));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn jpeg_and_webp_inputs_load_and_sizes_round_down() {
+    fn jpeg_and_webp_inputs_load_and_resize() {
         let dir = std::env::temp_dir().join(format!("sdonnx-fmt-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let img = image::RgbImage::from_fn(21, 13, |x, y| {
@@ -256,8 +243,8 @@ mod tests {
         for ext in ["jpg", "webp"] {
             let p = dir.join(format!("a.{ext}"));
             img.save(&p).unwrap();
-            // 21x13 rounds down to 16x8 with the VAE factor 8, and is resized to it.
-            assert_eq!(target_size(&p, None, None, 8).unwrap(), (16, 8), "{ext}");
+            // Decoded at its size (the request's resolver rounds 21x13 down to 16x8), then resized to it.
+            assert_eq!(read(&p).unwrap().dimensions(), (21, 13), "{ext}");
             let t = load_image(&p, 16, 8).unwrap();
             assert_eq!(t.shape(), &[1, 3, 8, 16]);
             assert!(t.iter().all(|v| (-1.0..=1.0).contains(v)));

@@ -1,11 +1,34 @@
-//! sd-onnx: Stable Diffusion from exported ONNX graphs, with everything around the graphs in Rust.
-//! See ARCHITECTURE.md for the map.
+//! sd-onnx: Stable Diffusion from exported ONNX graphs (diffusers' convert script or optimum), with everything
+//! around the graphs in Rust, so that a seed gives the image diffusers gives.
+//!
+//! ```no_run
+//! use sd_onnx::pipeline::{Intent, MemoryMode, Pipeline, resolve};
+//! use sd_onnx::{output, profile::ModelProfile, runtime::Runtime};
+//! use std::path::Path;
+//!
+//! # fn main() -> sd_onnx::Result<()> {
+//! let runtime = Runtime::load(None)?; // ORT_DYLIB_PATH, or a library next to the executable
+//! let profile = ModelProfile::load(Path::new("onnx/sd-tiny-optimum"))?;
+//! let plan = resolve(&profile, Intent { prompt: "red apple".into(), seed: Some(1), ..Intent::default() })?;
+//! let mut pipeline = Pipeline::with_memory(&runtime, profile, MemoryMode::OneShot)?;
+//! let params = output::a1111_parameters(&plan.request, plan.request.seed, "sd-tiny-optimum");
+//! let generated = pipeline.run(plan, &mut |_| {})?;
+//! output::write_image(Path::new("apple.png"), &generated.images[0], &params)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`pipeline`] holds the stages (request resolution, conditioning, latents, denoising, decoding),
+//! [`runtime`] the ONNX Runtime library, providers and caches, [`profile`] what a folder says about its model.
+//! See ARCHITECTURE.md for the map and its invariants.
+
+#![warn(missing_docs)]
 
 pub mod bench;
-pub mod cli;
 pub mod error;
 pub mod graphs;
 pub mod images;
+pub mod inspect;
 pub mod onnx_proto;
 pub mod output;
 pub mod pipeline;

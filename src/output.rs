@@ -65,12 +65,16 @@ pub fn a1111_parameters(req: &Request, seed: u64, model: &str) -> String {
 /// The image format an output path asks for, by its extension (none: PNG).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {
+    /// PNG (lossless).
     Png,
+    /// JPEG, quality 95.
     Jpeg,
+    /// Lossless WebP.
     WebP,
 }
 
 impl OutputFormat {
+    /// By the extension of `path`: `.png` (or none), `.jpg`/`.jpeg`, `.webp`.
     pub fn from_path(path: &Path) -> Result<Self> {
         let ext = path
             .extension()
@@ -87,36 +91,50 @@ impl OutputFormat {
     }
 }
 
-/// Write `image` in the format `path` names, with the A1111 parameters where the format can hold them.
-pub fn write_image(path: &Path, image: &RgbImage, parameters: &str) -> Result<()> {
-    let err = |e: image::ImageError| Error::Write {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    };
+/// `image` encoded in `format`, with the A1111 `parameters` text where the format holds it (PNG: a
+/// `parameters` text chunk; JPEG and WebP: an EXIF UserComment). For files use [`write_image`]; a server
+/// returns these bytes (base64 in A1111's API).
+pub fn encode(image: &RgbImage, format: OutputFormat, parameters: &str) -> Result<Vec<u8>> {
+    let err = |e: &dyn std::fmt::Display| Error::Encode(format!("{format:?}: {e}"));
     let (w, h) = (image.width as u32, image.height as u32);
-    match OutputFormat::from_path(path)? {
-        OutputFormat::Png => write_png(path, image, parameters),
+    if image.pixels.len() != image.width * image.height * 3 {
+        return Err(err(&"pixel buffer does not match the image size"));
+    }
+    match format {
+        OutputFormat::Png => png_bytes(image, parameters),
         OutputFormat::Jpeg => {
             let mut jpeg = Vec::new();
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
                 .encode(&image.pixels, w, h, image::ExtendedColorType::Rgb8)
-                .map_err(err)?;
-            write_atomic(
-                path,
-                &jpeg_with_exif(&jpeg, &exif_user_comment(parameters, 65533 - 6)),
-            )
+                .map_err(|e| err(&e))?;
+            Ok(jpeg_with_exif(
+                &jpeg,
+                &exif_user_comment(parameters, 65533 - 6),
+            ))
         }
         OutputFormat::WebP => {
             let mut webp = Vec::new();
             image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
                 .encode(&image.pixels, w, h, image::ExtendedColorType::Rgb8)
-                .map_err(err)?;
-            write_atomic(
-                path,
-                &webp_with_exif(&webp, w, h, &exif_user_comment(parameters, 1 << 20)),
-            )
+                .map_err(|e| err(&e))?;
+            Ok(webp_with_exif(
+                &webp,
+                w,
+                h,
+                &exif_user_comment(parameters, 1 << 20),
+            ))
         }
     }
+}
+
+/// Write `image` in the format `path` names, with the A1111 parameters, atomically (see [`encode`]).
+pub fn write_image(path: &Path, image: &RgbImage, parameters: &str) -> Result<()> {
+    let bytes =
+        encode(image, OutputFormat::from_path(path)?, parameters).map_err(|e| Error::Write {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    write_atomic(path, &bytes)
 }
 
 /// A TIFF (EXIF) structure holding `text` as the Exif UserComment (tag 0x9286) in piexif's UNICODE form
@@ -195,19 +213,15 @@ fn webp_with_exif(webp: &[u8], width: u32, height: u32, tiff: &[u8]) -> Vec<u8> 
     out
 }
 
-/// Encode `image` as PNG with a `parameters` tEXt chunk (iTXt when the text is not Latin-1) and write it
-/// atomically to `path`.
-pub fn write_png(path: &Path, image: &RgbImage, parameters: &str) -> Result<()> {
+/// PNG with a `parameters` tEXt chunk (iTXt when the text is not Latin-1).
+fn png_bytes(image: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut bytes, image.width as u32, image.height as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         let latin1 = parameters.chars().all(|c| (c as u32) < 256);
-        let text_err = |e: png::EncodingError| Error::Write {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e),
-        };
+        let text_err = |e: png::EncodingError| Error::Encode(format!("Png: {e}"));
         if latin1 {
             enc.add_text_chunk("parameters".into(), parameters.into())
                 .map_err(text_err)?;
@@ -219,7 +233,7 @@ pub fn write_png(path: &Path, image: &RgbImage, parameters: &str) -> Result<()> 
         w.write_image_data(&image.pixels).map_err(text_err)?;
         w.finish().map_err(text_err)?;
     }
-    write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 /// Write to `<name>.<pid>.tmp` in the same folder, then rename; remove the temporary file on failure.
@@ -264,7 +278,10 @@ mod tests {
             height: 1,
             pixels: vec![1, 2, 3, 4, 5, 6],
         };
-        write_png(&path, &img, "a cat\nSteps: 2, Sampler: Euler a").unwrap();
+        write_image(&path, &img, "a cat\nSteps: 2, Sampler: Euler a").unwrap();
+        // The bytes a server would send are the file's.
+        let bytes = encode(&img, OutputFormat::Png, "a cat\nSteps: 2, Sampler: Euler a").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
         let decoder =
             png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
         let reader = decoder.read_info().unwrap();
@@ -277,7 +294,13 @@ mod tests {
             .collect();
         assert_eq!(leftovers.len(), 1);
         // A folder that does not exist: an error, and nothing written.
-        assert!(write_png(&dir.join("no/such/dir/b.png"), &img, "x").is_err());
+        assert!(write_image(&dir.join("no/such/dir/b.png"), &img, "x").is_err());
+        // A hand-made image whose buffer does not fit its size is an error, not a panic.
+        let bad = RgbImage {
+            width: 3,
+            ..img.clone()
+        };
+        assert!(encode(&bad, OutputFormat::Jpeg, "x").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -3,6 +3,7 @@
 //! crate decides VAE scale, latent channels, layout or scheduler defaults.
 
 use crate::error::{Error, Result};
+use crate::pipeline::Family;
 use crate::schedulers::{SchedulerConfig, SchedulerKind};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ pub enum Layout {
 }
 
 impl Layout {
+    /// For `inspect`.
     pub fn describe(self) -> &'static str {
         match self {
             Layout::DiffusersConvert => "diffusers convert script (OnnxStableDiffusionPipeline)",
@@ -31,17 +33,22 @@ impl Layout {
 /// One exported graph and the files beside it.
 #[derive(Clone, Debug)]
 pub struct Component {
+    /// `text_encoder`, `unet`, ...
     pub name: &'static str,
+    /// Its `model.onnx`.
     pub graph: PathBuf,
     /// External-data files next to the graph (`model.onnx_data`, `weights.pb`, ...).
     pub external_data: Vec<PathBuf>,
+    /// Its `config.json`, when the export wrote one.
     pub config: Option<Value>,
 }
 
 /// A fact and where it came from (for `inspect`).
 #[derive(Clone, Debug)]
 pub struct Sourced<T> {
+    /// The fact.
     pub value: T,
+    /// Where it came from (a config key, or "default ...").
     pub source: String,
 }
 
@@ -50,37 +57,41 @@ pub struct Sourced<T> {
 /// `text_embeds`, and the size/crop `time_ids`.
 #[derive(Clone, Debug)]
 pub struct XlConditioning {
+    /// The second text encoder (with a projection).
     pub text_encoder_2: Component,
+    /// Its tokenizer folder.
     pub tokenizer_2_dir: PathBuf,
     /// `force_zeros_for_empty_prompt`: without a negative prompt, the unconditional embeddings (both the
     /// sequence and the pooled one) are zeros instead of the empty prompt's.
     pub zeros_for_empty_negative: Sourced<bool>,
 }
 
-/// Defaults for what a request leaves out (see [`ModelProfile::defaults`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RunDefaults {
-    pub steps: usize,
-    pub guidance: f32,
-    pub img2img_strength: f64,
-    pub inpaint_strength: f64,
-}
-
+/// Every per-model fact the pipeline needs, read once from an exported folder.
 #[derive(Clone, Debug)]
 pub struct ModelProfile {
+    /// The folder.
     pub dir: PathBuf,
+    /// Which exporter made it.
     pub layout: Layout,
+    /// The (first) text encoder.
     pub text_encoder: Component,
+    /// The UNet.
     pub unet: Component,
+    /// The VAE decoder.
     pub vae_decoder: Component,
+    /// The VAE encoder (img2img and inpainting need it).
     pub vae_encoder: Option<Component>,
     /// An fp32 VAE decoder kept beside an fp16 one (`vae_decoder_fp32/`), used when fp16 overflows.
     pub vae_decoder_fp32: Option<Component>,
+    /// The (first) tokenizer folder.
     pub tokenizer_dir: PathBuf,
+    /// scheduler_config.json.
     pub scheduler_config: SchedulerConfig,
     /// The scheduler class the folder names, if we port it.
     pub default_scheduler: Option<SchedulerKind>,
+    /// The `_class_name` of scheduler_config.json.
     pub scheduler_class: Option<String>,
+    /// What latents are multiplied by after encoding (divided by before decoding).
     pub vae_scaling_factor: Sourced<f32>,
     /// Image pixels per latent pixel.
     pub vae_factor: Sourced<usize>,
@@ -88,16 +99,18 @@ pub struct ModelProfile {
     /// An exported UNet upsamples by a fixed factor of 2 (diffusers' odd-size path is not traced), so other
     /// sizes fail inside the graph.
     pub size_multiple: Sourced<usize>,
-    /// Channels of the latents the UNet denoises; `None` means "ask the graph".
-    pub latent_channels: Option<Sourced<usize>>,
-    /// UNet input channels (9 for inpainting UNets) when a config says.
-    pub unet_in_channels: Option<usize>,
+    /// Channels of the latents the UNet denoises (4 for every Stable Diffusion family we run).
+    pub latent_channels: Sourced<usize>,
+    /// UNet input channels: the latent channels, or 9 for inpainting UNets (latents + mask + masked image).
+    pub unet_in_channels: Sourced<usize>,
     /// Guidance-distilled UNets (LCM): the width of the guidance-scale embedding they take as `timestep_cond`
     /// (`time_cond_proj_dim`). Such a UNet is run once per step, without an unconditional pass.
     pub guidance_embedding: Option<Sourced<usize>>,
+    /// The UNet's `sample_size` (default image size / VAE factor).
     pub unet_sample_size: Option<usize>,
     /// Set for SDXL folders (`text_encoder_2/`).
     pub xl: Option<XlConditioning>,
+    /// `epsilon`, `v_prediction` or `sample`.
     pub prediction_type: String,
     /// Things that will not work, said plainly.
     pub problems: Vec<String>,
@@ -158,18 +171,176 @@ fn required(dir: &Path, name: &'static str) -> Result<Component> {
     })
 }
 
-/// The UNet's upsampling layers counted in its graph, when the graph file is small enough to read at start-up
-/// (exports keep weights outside model.onnx; a single-file graph of hundreds of MB is not read).
-fn graph_upsamplers(graph: &Path) -> Option<usize> {
+/// What the UNet graph itself says when no config does: its upsampling layers (the depth) and `conv_in`'s input
+/// channels. The file is read once, and only when it is small enough to read at start-up (exports keep weights
+/// outside model.onnx; a single-file graph of hundreds of MB is not read).
+#[derive(Default)]
+struct UnetGraphFacts {
+    upsamplers: Option<usize>,
+    conv_in_channels: Option<usize>,
+}
+
+fn unet_graph_facts(graph: &Path) -> UnetGraphFacts {
     const MAX_READ: u64 = 64 << 20;
-    if std::fs::metadata(graph).ok()?.len() > MAX_READ {
-        return None;
+    let small = std::fs::metadata(graph).is_ok_and(|m| m.len() <= MAX_READ);
+    let Some(bytes) = small.then(|| std::fs::read(graph).ok()).flatten() else {
+        return UnetGraphFacts::default();
+    };
+    UnetGraphFacts {
+        upsamplers: crate::onnx_proto::count_ops(&bytes, &["Resize", "Upsample"]),
+        conv_in_channels: crate::onnx_proto::input_conv_channels(&bytes, "sample"),
     }
-    let bytes = std::fs::read(graph).ok()?;
-    crate::onnx_proto::count_ops(&bytes, &["Resize", "Upsample"])
+}
+
+/// SDXL's second conditioning, when the folder is an SDXL pipeline (refiners refused by name).
+fn xl_conditioning(
+    dir: &Path,
+    index: Option<&Value>,
+    class: &str,
+) -> Result<Option<XlConditioning>> {
+    if !(class.contains("XL") || dir.join("text_encoder_2").is_dir()) {
+        return Ok(None);
+    }
+    // The SDXL refiner conditions on an aesthetic score and has only the second encoder: say so up
+    // front instead of failing later on an input the UNet lacks.
+    let aesthetic = index
+        .and_then(|v| v["requires_aesthetics_score"].as_bool())
+        .unwrap_or(false);
+    if aesthetic || !dir.join("text_encoder").is_dir() {
+        return Err(Error::model(
+            dir,
+            "an SDXL refiner (aesthetic-score conditioning, no first text encoder): not supported; \
+                 sd-onnx runs SDXL base exports",
+        ));
+    }
+    let tokenizer_2_dir = dir.join("tokenizer_2");
+    if !tokenizer_2_dir.is_dir() {
+        return Err(Error::model(
+            &tokenizer_2_dir,
+            "missing: an SDXL folder needs its second tokenizer",
+        ));
+    }
+    let zeros = index.and_then(|v| v["force_zeros_for_empty_prompt"].as_bool());
+    Ok(Some(XlConditioning {
+        text_encoder_2: required(dir, "text_encoder_2")?,
+        tokenizer_2_dir,
+        zeros_for_empty_negative: Sourced {
+            value: zeros.unwrap_or(true),
+            source: if zeros.is_some() {
+                "model_index.json force_zeros_for_empty_prompt".into()
+            } else {
+                "default (StableDiffusionXLPipeline's)".into()
+            },
+        },
+    }))
+}
+
+/// The VAE's scaling factor and spatial factor, from its config or SD's values.
+fn vae_facts(vae_cfg: Option<&Value>) -> (Sourced<f32>, Sourced<usize>) {
+    let vae_scaling_factor = match vae_cfg.and_then(|c| c["scaling_factor"].as_f64()) {
+        Some(v) => Sourced {
+            value: v as f32,
+            source: "vae_decoder/config.json scaling_factor".into(),
+        },
+        None => Sourced {
+            value: 0.18215,
+            source: "default (no VAE config.json; SD 1.x/2.x value)".into(),
+        },
+    };
+    let vae_factor = match vae_cfg
+        .and_then(|c| c["block_out_channels"].as_array())
+        .map(|a| a.len())
+    {
+        Some(n) if n >= 1 => Sourced {
+            value: 1 << (n - 1),
+            source: "vae config.json block_out_channels".into(),
+        },
+        _ => Sourced {
+            value: 8,
+            source: "default (no VAE config.json)".into(),
+        },
+    };
+    (vae_scaling_factor, vae_factor)
+}
+
+/// What the UNet's config (else its graph) says: the size multiple, latent channels, input channels.
+fn unet_facts(
+    unet: &Component,
+    vae_cfg: Option<&Value>,
+    vae_factor: &Sourced<usize>,
+) -> (Sourced<usize>, Sourced<usize>, Sourced<usize>) {
+    let ucfg = unet.config.as_ref();
+    let config_says = |key: &str| ucfg.is_some_and(|c| !c[key].is_null());
+    let graph_facts = if config_says("block_out_channels") && config_says("in_channels") {
+        UnetGraphFacts::default()
+    } else {
+        unet_graph_facts(&unet.graph)
+    };
+    // diffusers' UNet2DConditionModel has one downsampler per block but the last.
+    let halvings = match ucfg
+        .and_then(|c| c["block_out_channels"].as_array())
+        .map(|a| a.len())
+    {
+        Some(n) if n >= 1 => Some((n - 1, "unet/config.json block_out_channels".to_string())),
+        _ => graph_facts.upsamplers.map(|n| {
+            (
+                n,
+                "Resize nodes in unet/model.onnx (no unet config.json)".to_string(),
+            )
+        }),
+    };
+    let size_multiple = match halvings {
+        Some((n, source)) => Sourced {
+            value: vae_factor.value << n.min(8),
+            source: format!("VAE factor x 2^{n}: {source}"),
+        },
+        None => Sourced {
+            value: vae_factor.value,
+            source: "VAE factor (the UNet's depth is unknown)".into(),
+        },
+    };
+    let latent_channels = ucfg
+        .and_then(|c| c["out_channels"].as_u64())
+        .map(|v| Sourced {
+            value: v as usize,
+            source: "unet/config.json out_channels".into(),
+        })
+        .or_else(|| {
+            vae_cfg
+                .and_then(|c| c["latent_channels"].as_u64())
+                .map(|v| Sourced {
+                    value: v as usize,
+                    source: "vae config.json latent_channels".into(),
+                })
+        })
+        .unwrap_or_else(|| Sourced {
+            value: 4,
+            source:
+                "default (Stable Diffusion's 4; no config says; checked against the UNet graph)"
+                    .into(),
+        });
+    let unet_in_channels = ucfg
+        .and_then(|c| c["in_channels"].as_u64())
+        .map(|v| Sourced {
+            value: v as usize,
+            source: "unet/config.json in_channels".into(),
+        })
+        .or_else(|| {
+            graph_facts.conv_in_channels.map(|v| Sourced {
+                value: v,
+                source: "conv_in weight in unet/model.onnx (no unet config.json)".into(),
+            })
+        })
+        .unwrap_or_else(|| Sourced {
+            value: latent_channels.value,
+            source: "the latent channels (nothing says otherwise; checked against the UNet graph)"
+                .into(),
+        });
+    (size_multiple, latent_channels, unet_in_channels)
 }
 
 impl ModelProfile {
+    /// Read a folder: its model_index.json, configs, scheduler and tokenizer; errors name the missing part.
     pub fn load(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::model(
@@ -182,45 +353,7 @@ impl ModelProfile {
             .as_ref()
             .and_then(|v| v["_class_name"].as_str())
             .unwrap_or("");
-        let xl = if class.contains("XL") || dir.join("text_encoder_2").is_dir() {
-            // The SDXL refiner conditions on an aesthetic score and has only the second encoder: say so up
-            // front instead of failing later on an input the UNet lacks.
-            let aesthetic = index
-                .as_ref()
-                .and_then(|v| v["requires_aesthetics_score"].as_bool())
-                .unwrap_or(false);
-            if aesthetic || !dir.join("text_encoder").is_dir() {
-                return Err(Error::model(
-                    dir,
-                    "an SDXL refiner (aesthetic-score conditioning, no first text encoder): not supported; \
-                     sd-onnx runs SDXL base exports",
-                ));
-            }
-            let tokenizer_2_dir = dir.join("tokenizer_2");
-            if !tokenizer_2_dir.is_dir() {
-                return Err(Error::model(
-                    &tokenizer_2_dir,
-                    "missing: an SDXL folder needs its second tokenizer",
-                ));
-            }
-            let zeros = index
-                .as_ref()
-                .and_then(|v| v["force_zeros_for_empty_prompt"].as_bool());
-            Some(XlConditioning {
-                text_encoder_2: required(dir, "text_encoder_2")?,
-                tokenizer_2_dir,
-                zeros_for_empty_negative: Sourced {
-                    value: zeros.unwrap_or(true),
-                    source: if zeros.is_some() {
-                        "model_index.json force_zeros_for_empty_prompt".into()
-                    } else {
-                        "default (StableDiffusionXLPipeline's)".into()
-                    },
-                },
-            })
-        } else {
-            None
-        };
+        let xl = xl_conditioning(dir, index.as_ref(), class)?;
         let text_encoder = required(dir, "text_encoder")?;
         let unet = required(dir, "unet")?;
         let vae_decoder = required(dir, "vae_decoder")?;
@@ -275,70 +408,10 @@ impl ModelProfile {
             .config
             .as_ref()
             .or(vae_encoder.as_ref().and_then(|c| c.config.as_ref()));
-        let vae_scaling_factor = match vae_cfg.and_then(|c| c["scaling_factor"].as_f64()) {
-            Some(v) => Sourced {
-                value: v as f32,
-                source: "vae_decoder/config.json scaling_factor".into(),
-            },
-            None => Sourced {
-                value: 0.18215,
-                source: "default (no VAE config.json; SD 1.x/2.x value)".into(),
-            },
-        };
-        let vae_factor = match vae_cfg
-            .and_then(|c| c["block_out_channels"].as_array())
-            .map(|a| a.len())
-        {
-            Some(n) if n >= 1 => Sourced {
-                value: 1 << (n - 1),
-                source: "vae config.json block_out_channels".into(),
-            },
-            _ => Sourced {
-                value: 8,
-                source: "default (no VAE config.json)".into(),
-            },
-        };
+        let (vae_scaling_factor, vae_factor) = vae_facts(vae_cfg);
+        let (size_multiple, latent_channels, unet_in_channels) =
+            unet_facts(&unet, vae_cfg, &vae_factor);
         let ucfg = unet.config.as_ref();
-        // diffusers' UNet2DConditionModel has one downsampler per block but the last.
-        let halvings = match ucfg
-            .and_then(|c| c["block_out_channels"].as_array())
-            .map(|a| a.len())
-        {
-            Some(n) if n >= 1 => Some((n - 1, "unet/config.json block_out_channels".to_string())),
-            _ => graph_upsamplers(&unet.graph).map(|n| {
-                (
-                    n,
-                    "Resize nodes in unet/model.onnx (no unet config.json)".to_string(),
-                )
-            }),
-        };
-        let size_multiple = match halvings {
-            Some((n, source)) => Sourced {
-                value: vae_factor.value << n.min(8),
-                source: format!("VAE factor x 2^{n}: {source}"),
-            },
-            None => Sourced {
-                value: vae_factor.value,
-                source: "VAE factor (the UNet's depth is unknown)".into(),
-            },
-        };
-        let unet_in_channels = ucfg
-            .and_then(|c| c["in_channels"].as_u64())
-            .map(|v| v as usize);
-        let latent_channels = ucfg
-            .and_then(|c| c["out_channels"].as_u64())
-            .map(|v| Sourced {
-                value: v as usize,
-                source: "unet/config.json out_channels".into(),
-            })
-            .or_else(|| {
-                vae_cfg
-                    .and_then(|c| c["latent_channels"].as_u64())
-                    .map(|v| Sourced {
-                        value: v as usize,
-                        source: "vae config.json latent_channels".into(),
-                    })
-            });
         let guidance_embedding = ucfg
             .and_then(|c| c["time_cond_proj_dim"].as_u64())
             .filter(|&d| d > 0)
@@ -377,27 +450,9 @@ impl ModelProfile {
         })
     }
 
-    /// What a run uses when the user does not say: diffusers' pipeline defaults for this kind of model.
-    /// Guidance-distilled UNets: LatentConsistencyModelPipeline's 4 steps and guidance 8.5; SDXL:
-    /// StableDiffusionXLPipeline's guidance 5 and its img2img/inpainting strengths 0.3 and 0.9999; otherwise
-    /// StableDiffusionPipeline's guidance 7.5 and strengths 0.8 and 1.0. Steps are ours (25) where diffusers
-    /// has 50.
-    pub fn defaults(&self) -> RunDefaults {
-        let (img2img_strength, inpaint_strength) = match self.xl {
-            Some(_) => (0.3, 0.9999),
-            None => (0.8, 1.0),
-        };
-        let (steps, guidance) = match (&self.guidance_embedding, &self.xl) {
-            (Some(_), _) => (4, 8.5),
-            (None, Some(_)) => (25, 5.0),
-            (None, None) => (25, 7.5),
-        };
-        RunDefaults {
-            steps,
-            guidance,
-            img2img_strength,
-            inpaint_strength,
-        }
+    /// What differs for this model's family (SD, SDXL, guidance-distilled): see [`Family`].
+    pub fn family(&self) -> Family {
+        Family::of(self)
     }
 
     /// diffusers' default size: `unet.config.sample_size * vae_scale_factor`, else 512.
@@ -427,11 +482,13 @@ mod tests {
         assert_eq!(opt.layout, Layout::Optimum);
         assert_eq!(opt.vae_factor.value, 8);
         assert_eq!(opt.default_size(), (64, 64));
-        assert_eq!(opt.latent_channels.as_ref().map(|c| c.value), Some(4));
+        assert_eq!(opt.latent_channels.value, 4);
         assert_eq!(opt.default_scheduler, Some(SchedulerKind::Pndm));
         let conv = ModelProfile::load(Path::new("onnx/sd-tiny-convert")).unwrap();
         assert_eq!(conv.layout, Layout::DiffusersConvert);
-        assert!(conv.latent_channels.is_none());
+        assert!(conv.latent_channels.source.starts_with("default"));
+        assert_eq!(conv.unet_in_channels.value, 4);
+        assert!(conv.unet_in_channels.source.contains("conv_in"));
         assert_eq!(conv.default_size(), (512, 512));
         assert_eq!(conv.unet.external_data.len(), 1);
         assert!((conv.vae_scaling_factor.value - 0.18215).abs() < 1e-9);
@@ -441,19 +498,6 @@ mod tests {
         assert!(opt.size_multiple.source.contains("config.json"));
         assert_eq!(conv.size_multiple.value, 16);
         assert!(conv.size_multiple.source.contains("Resize"));
-    }
-
-    #[test]
-    fn defaults_follow_the_diffusers_pipeline_of_the_model() {
-        let d = |dir: &str| ModelProfile::load(Path::new(dir)).unwrap().defaults();
-        let sd = d("onnx/sd-tiny-optimum");
-        assert_eq!((sd.steps, sd.guidance), (25, 7.5));
-        assert_eq!((sd.img2img_strength, sd.inpaint_strength), (0.8, 1.0));
-        let lcm = d("onnx/sd-tiny-lcm-optimum");
-        assert_eq!((lcm.steps, lcm.guidance), (4, 8.5));
-        let xl = d("onnx/sdxl-tiny-optimum");
-        assert_eq!((xl.steps, xl.guidance), (25, 5.0));
-        assert_eq!((xl.img2img_strength, xl.inpaint_strength), (0.3, 0.9999));
     }
 
     #[test]

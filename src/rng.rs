@@ -13,14 +13,19 @@
 //! ancestral samplers) follow the same sequence as one Python generator used by diffusers.
 
 /// Which generator a run uses; chosen with `--rng`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RngKind {
+    /// `torch.Generator("cpu")`: diffusers' PyTorch pipelines (the default).
+    #[default]
     Torch,
+    /// `numpy.random.RandomState`: diffusers' ONNX pipelines.
     Numpy,
+    /// `torch.Generator("cuda")`: PyTorch on NVIDIA GPUs.
     Philox,
 }
 
 impl RngKind {
+    /// By the name `--rng` takes: `torch`, `numpy`, `philox`.
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "torch" => Some(RngKind::Torch),
@@ -30,6 +35,7 @@ impl RngKind {
         }
     }
 
+    /// The name `--rng` takes.
     pub fn name(self) -> &'static str {
         match self {
             RngKind::Torch => "torch",
@@ -38,6 +44,7 @@ impl RngKind {
         }
     }
 
+    /// A generator of this kind seeded with `seed`.
     pub fn build(self, seed: u64) -> Box<dyn NoiseSource> {
         match self {
             RngKind::Torch => Box::new(TorchCpuRng::new(seed)),
@@ -51,6 +58,7 @@ mod cuda_math;
 
 /// A source of standard-normal float32 values, drawn in row-major order for a given shape.
 pub trait NoiseSource: Send {
+    /// Standard normal float32 values for a tensor of `shape`, in the generator's order.
     fn randn(&mut self, shape: &[usize]) -> Vec<f32>;
 }
 
@@ -111,6 +119,7 @@ pub struct TorchCpuRng {
 }
 
 impl TorchCpuRng {
+    /// `torch.Generator("cpu").manual_seed(seed)`.
     pub fn new(seed: u64) -> Self {
         TorchCpuRng {
             mt: Mt19937::new(seed as u32),
@@ -188,6 +197,7 @@ pub struct NumpyRng {
 }
 
 impl NumpyRng {
+    /// `numpy.random.RandomState(seed)`, for seeds below 2^32 (numpy's range; larger seeds keep their low 32 bits).
     pub fn new(seed: u64) -> Self {
         NumpyRng {
             mt: Mt19937::new(seed as u32),
@@ -201,6 +211,7 @@ impl NumpyRng {
         (a * 67_108_864.0 + b) / 9_007_199_254_740_992.0
     }
 
+    /// One standard normal draw (numpy's legacy polar method).
     pub fn gauss(&mut self) -> f64 {
         if let Some(g) = self.gauss.take() {
             return g;
@@ -294,6 +305,7 @@ impl BoxMuller {
 }
 
 impl PhiloxRng {
+    /// `torch.Generator("cuda").manual_seed(seed)`.
     pub fn new(seed: u64) -> Self {
         PhiloxRng {
             seed,

@@ -15,6 +15,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreSeq;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
+/// Tokens per prompt, start and end included.
 pub const MAX_LENGTH: usize = 77;
 const CLIP_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 const BOS: &str = "<|startoftext|>";
@@ -29,6 +30,7 @@ pub struct Encoded {
     pub truncated: Option<String>,
 }
 
+/// A CLIP BPE tokenizer read from a model's tokenizer folder, as transformers' CLIPTokenizer encodes.
 pub struct ClipTokenizer {
     inner: Tokenizer,
     vocab: HashMap<u32, String>,
@@ -78,10 +80,12 @@ impl ClipTokenizer {
         })
     }
 
+    /// The pad token and its id.
     pub fn pad_token(&self) -> (&str, i64) {
         (&self.pad_token, self.pad)
     }
 
+    /// `text` as 77 ids (start, tokens, end, padding), with what was cut if it was longer.
     pub fn encode(&self, text: &str) -> Result<Encoded> {
         let cleaned = fix_text(text);
         let enc = self

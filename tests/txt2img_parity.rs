@@ -32,6 +32,7 @@ fn request(case: &Value) -> Request {
         height: case["height"].as_u64().unwrap() as usize,
         batch: case["batch"].as_u64().unwrap() as usize,
         init: None,
+        prompt_embeds: None,
     }
 }
 

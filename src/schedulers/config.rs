@@ -11,6 +11,7 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
+    /// A scheduler_config.json object.
     pub fn from_json(value: Value) -> Result<Self, SchedulerError> {
         match value {
             Value::Object(values) => Ok(SchedulerConfig { values }),
@@ -28,6 +29,7 @@ impl SchedulerConfig {
         self.values.insert(key.to_string(), value);
     }
 
+    /// The keys as the file has them.
     pub fn raw(&self) -> &Map<String, Value> {
         &self.values
     }
@@ -36,6 +38,7 @@ impl SchedulerConfig {
         self.values.get(key).filter(|v| !v.is_null())
     }
 
+    /// A number, `default` when absent or null.
     pub fn f64(&self, key: &str, default: f64) -> Result<f64, SchedulerError> {
         match self.present(key) {
             None => Ok(default),
@@ -45,6 +48,7 @@ impl SchedulerConfig {
         }
     }
 
+    /// A number, `None` when absent or null.
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>, SchedulerError> {
         self.present(key)
             .map(|v| {
@@ -54,6 +58,7 @@ impl SchedulerConfig {
             .transpose()
     }
 
+    /// A non-negative integer, `default` when absent or null.
     pub fn usize(&self, key: &str, default: usize) -> Result<usize, SchedulerError> {
         match self.present(key) {
             None => Ok(default),
@@ -63,6 +68,7 @@ impl SchedulerConfig {
         }
     }
 
+    /// A boolean, `default` when absent or null.
     pub fn bool(&self, key: &str, default: bool) -> Result<bool, SchedulerError> {
         match self.present(key) {
             None => Ok(default),
@@ -72,6 +78,7 @@ impl SchedulerConfig {
         }
     }
 
+    /// A string, `default` when absent or null.
     pub fn str<'a>(&'a self, key: &str, default: &'a str) -> Result<&'a str, SchedulerError> {
         match self.present(key) {
             None => Ok(default),
@@ -81,6 +88,7 @@ impl SchedulerConfig {
         }
     }
 
+    /// A list of numbers (`trained_betas`), `None` when absent or null.
     pub fn opt_f64_list(&self, key: &str) -> Result<Option<Vec<f64>>, SchedulerError> {
         match self.present(key) {
             None => Ok(None),
@@ -99,6 +107,7 @@ impl SchedulerConfig {
         }
     }
 
+    /// `prediction_type`, parsed.
     pub fn prediction(&self) -> Result<Prediction, SchedulerError> {
         let value = self.str("prediction_type", "epsilon")?;
         Prediction::parse(value).ok_or_else(|| {

@@ -32,16 +32,27 @@ use ndarray::Array4;
 /// Latents as the UNet sees them: (batch, channels, height, width).
 pub type Latents = Array4<f32>;
 
+/// What a scheduler config or name can get wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
+    /// A config key has a value we cannot use.
     #[error("scheduler config `{key}`: {msg}")]
-    Config { key: String, msg: String },
+    Config {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A `--scheduler` name we do not know.
     #[error("unknown scheduler `{0}` (choose one of: {names})", names = SchedulerKind::names().join(", "))]
     UnknownName(String),
+    /// A diffusers class we do not port.
     #[error("the scheduler class `{0}` in scheduler_config.json has no port here; pick one with --scheduler ({names})", names = SchedulerKind::names().join(", "))]
     UnknownClass(String),
+    /// Zero steps asked for.
     #[error("steps must be at least 1")]
     ZeroSteps,
+    /// A config value the port does not implement.
     #[error("{0}")]
     Unsupported(String),
 }
@@ -99,19 +110,33 @@ pub(crate) fn add_noise_sigma(sigma: f32, original: &Latents, noise: &Latents) -
 /// The schedulers we ship, by CLI name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SchedulerKind {
+    /// PNDMScheduler (PLMS).
     Pndm,
+    /// DDIMScheduler.
     Ddim,
+    /// DDPMScheduler.
     Ddpm,
+    /// LMSDiscreteScheduler.
     Lms,
+    /// EulerDiscreteScheduler.
     Euler,
+    /// EulerAncestralDiscreteScheduler.
     EulerAncestral,
+    /// HeunDiscreteScheduler.
     Heun,
+    /// DPMSolverMultistepScheduler (DPM++ 2M).
     DpmPp2m,
+    /// DPMSolverMultistepScheduler with `algorithm_type="sde-dpmsolver++"`.
     DpmPp2mSde,
+    /// UniPCMultistepScheduler.
     UniPc,
+    /// KDPM2DiscreteScheduler.
     Kdpm2,
+    /// KDPM2AncestralDiscreteScheduler.
     Kdpm2Ancestral,
+    /// DEISMultistepScheduler.
     Deis,
+    /// LCMScheduler.
     Lcm,
 }
 
@@ -203,14 +228,17 @@ const ALL: [(SchedulerKind, &str, &str, &str); 14] = [
 ];
 
 impl SchedulerKind {
+    /// Every name `--scheduler` takes.
     pub fn names() -> Vec<&'static str> {
         ALL.iter().map(|e| e.1).collect()
     }
 
+    /// (kind, name, one-line description) of every scheduler.
     pub fn all() -> impl Iterator<Item = (SchedulerKind, &'static str, &'static str)> {
         ALL.iter().map(|e| (e.0, e.1, e.3))
     }
 
+    /// By the name `--scheduler` takes.
     pub fn from_name(name: &str) -> Result<Self, SchedulerError> {
         ALL.iter()
             .find(|e| e.1 == name)
@@ -218,6 +246,7 @@ impl SchedulerKind {
             .ok_or_else(|| SchedulerError::UnknownName(name.to_string()))
     }
 
+    /// By diffusers' class name (scheduler_config.json `_class_name`).
     pub fn from_class(class: &str) -> Result<Self, SchedulerError> {
         ALL.iter()
             .find(|e| e.2 == class)
@@ -249,6 +278,7 @@ impl SchedulerKind {
         )
     }
 
+    /// The name `--scheduler` takes.
     pub fn name(self) -> &'static str {
         ALL.iter().find(|e| e.0 == self).map_or("", |e| e.1)
     }
@@ -275,6 +305,7 @@ impl SchedulerKind {
         }
     }
 
+    /// The scheduler configured by `config` (class defaults for what it leaves out), set for `steps` steps.
     pub fn build(
         self,
         config: &SchedulerConfig,
@@ -309,12 +340,16 @@ impl SchedulerKind {
 /// How a model's output is to be read (`prediction_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prediction {
+    /// The UNet predicts the noise.
     Epsilon,
+    /// The UNet predicts v (SD 2.x 768).
     VPrediction,
+    /// The UNet predicts the clean sample.
     Sample,
 }
 
 impl Prediction {
+    /// By diffusers' `prediction_type` value.
     pub fn parse(value: &str) -> Option<Self> {
         match value {
             "epsilon" => Some(Prediction::Epsilon),

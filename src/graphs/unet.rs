@@ -1,361 +1,30 @@
-//! The three graphs txt2img runs, each wrapped so that callers pass ndarrays and never care how the export
-//! spelled its inputs: names are looked up in the session metadata (never by position), and dtypes are
-//! converted to what the graph declares (int32/int64 ids, float/float16/int64 timesteps, fp16 tensors).
+//! The UNet graph and its IO binding.
 
+use super::Graph;
 use crate::error::{Error, Result};
 use crate::profile::Component;
-use crate::runtime::{GraphCapture, Runtime};
+use crate::runtime::{GraphCapture, Runtime, SessionSpec};
 use half::f16;
 use ndarray::{Array2, Array3, Array4};
 use ort::memory::{Allocator, MemoryInfo};
-use ort::session::{IoBinding, RunOptions, Session, SessionInputValue};
-use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use ort::session::{IoBinding, RunOptions};
+use ort::value::{DynValue, Tensor, TensorElementType};
 use std::borrow::Cow;
-use std::path::PathBuf;
-
-/// One declared input or output, for `inspect` and for choosing conversions.
-#[derive(Clone, Debug)]
-pub struct Port {
-    pub name: String,
-    pub dtype: Option<TensorElementType>,
-    /// Dimensions; symbolic ones as their names.
-    pub dims: Vec<String>,
-}
-
-impl Port {
-    fn from_outlet(name: &str, ty: &ValueType) -> Self {
-        match ty {
-            ValueType::Tensor {
-                ty,
-                shape,
-                dimension_symbols,
-            } => Port {
-                name: name.to_string(),
-                dtype: Some(*ty),
-                dims: shape
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &d)| {
-                        if d >= 0 {
-                            d.to_string()
-                        } else {
-                            dimension_symbols
-                                .get(i)
-                                .filter(|s| !s.is_empty())
-                                .cloned()
-                                .unwrap_or_else(|| "?".into())
-                        }
-                    })
-                    .collect(),
-            },
-            other => Port {
-                name: name.to_string(),
-                dtype: None,
-                dims: vec![format!("{other:?}")],
-            },
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        let t = self.dtype.map(dtype_name).unwrap_or("non-tensor");
-        format!("{} {t}[{}]", self.name, self.dims.join(", "))
-    }
-
-    fn fixed_dim(&self, i: usize) -> Option<usize> {
-        self.dims.get(i).and_then(|d| d.parse().ok())
-    }
-}
-
-pub fn dtype_name(t: TensorElementType) -> &'static str {
-    match t {
-        TensorElementType::Float32 => "float32",
-        TensorElementType::Float16 => "float16",
-        TensorElementType::Float64 => "float64",
-        TensorElementType::Int32 => "int32",
-        TensorElementType::Int64 => "int64",
-        TensorElementType::Bfloat16 => "bfloat16",
-        _ => "other",
-    }
-}
-
-/// A session plus its declared ports.
-pub struct Graph {
-    pub path: PathBuf,
-    pub inputs: Vec<Port>,
-    pub outputs: Vec<Port>,
-    /// What became of `--cuda-graph` for this session.
-    pub capture: GraphCapture,
-    session: Session,
-}
-
-impl Graph {
-    pub fn load(runtime: &Runtime, component: &Component) -> Result<Self> {
-        let opened = runtime.open(component)?;
-        let (session, capture) = (opened.session, opened.capture);
-        let inputs = session
-            .inputs()
-            .iter()
-            .map(|o| Port::from_outlet(o.name(), o.dtype()))
-            .collect();
-        let outputs = session
-            .outputs()
-            .iter()
-            .map(|o| Port::from_outlet(o.name(), o.dtype()))
-            .collect();
-        Ok(Graph {
-            path: component.graph.clone(),
-            inputs,
-            outputs,
-            capture,
-            session,
-        })
-    }
-
-    fn input(&self, name: &str) -> Result<&Port> {
-        self.inputs.iter().find(|p| p.name == name).ok_or_else(|| {
-            let have: Vec<&str> = self.inputs.iter().map(|p| p.name.as_str()).collect();
-            Error::model(
-                &self.path,
-                format!("graph has no input `{name}` (it has: {})", have.join(", ")),
-            )
-        })
-    }
-
-    /// The named output if present, else the first one.
-    fn output_name(&self, preferred: &str) -> Result<String> {
-        self.outputs
-            .iter()
-            .find(|p| p.name == preferred)
-            .or_else(|| self.outputs.first())
-            .map(|p| p.name.clone())
-            .ok_or_else(|| Error::model(&self.path, "graph has no outputs"))
-    }
-
-    fn float_input(&self, name: &str, data: Vec<f32>, shape: Vec<i64>) -> Result<DynValue> {
-        let port = self.input(name)?;
-        let ctx = || format!("{}: input `{name}`", self.path.display());
-        match port.dtype {
-            Some(TensorElementType::Float16) => {
-                let v: Vec<f16> = data.into_iter().map(f16::from_f32).collect();
-                Ok(Tensor::from_array((shape, v))
-                    .map_err(Error::ort(ctx()))?
-                    .into_dyn())
-            }
-            Some(TensorElementType::Float32) => Ok(Tensor::from_array((shape, data))
-                .map_err(Error::ort(ctx()))?
-                .into_dyn()),
-            Some(other) => Err(Error::model(
-                &self.path,
-                format!("input `{name}` is {}, expected float", dtype_name(other)),
-            )),
-            None => Err(Error::model(
-                &self.path,
-                format!("input `{name}` is not a tensor"),
-            )),
-        }
-    }
-
-    fn run(
-        &mut self,
-        inputs: Vec<(Cow<'static, str>, DynValue)>,
-        output: &str,
-    ) -> Result<(Vec<usize>, Vec<f32>)> {
-        let mut outs = self.run_outputs(inputs, &[output])?;
-        outs.pop()
-            .ok_or_else(|| Error::model(&self.path, format!("no output `{output}`")))
-    }
-
-    /// Run and return the named outputs (shape, values as f32), in the order asked.
-    fn run_outputs(
-        &mut self,
-        inputs: Vec<(Cow<'static, str>, DynValue)>,
-        names: &[&str],
-    ) -> Result<Vec<(Vec<usize>, Vec<f32>)>> {
-        let ctx = self.path.display().to_string();
-        let inputs: Vec<(Cow<'static, str>, SessionInputValue<'_>)> = inputs
-            .into_iter()
-            .map(|(n, v)| (n, SessionInputValue::from(v)))
-            .collect();
-        // A captured graph replays fixed addresses; an unbound run allocates its own, so it must not be
-        // captured or replayed (`gpu_graph_id` -1).
-        let skip = if self.capture == GraphCapture::On {
-            let mut o = RunOptions::new().map_err(Error::ort(&ctx))?;
-            o.set("gpu_graph_id", "-1").map_err(Error::ort(&ctx))?;
-            Some(o)
-        } else {
-            None
-        };
-        let outputs = if let Some(o) = &skip {
-            self.session.run_with_options(inputs, o)
-        } else {
-            self.session.run(inputs)
-        }
-        .map_err(Error::ort(&ctx))?;
-        let mut result = Vec::with_capacity(names.len());
-        for output in names {
-            let value = outputs
-                .get(output)
-                .ok_or_else(|| Error::model(&self.path, format!("no output `{output}`")))?;
-            result.push(match value.data_type() {
-                TensorElementType::Float16 => {
-                    let (s, d) = value
-                        .try_extract_tensor::<f16>()
-                        .map_err(Error::ort(&ctx))?;
-                    (
-                        s.iter().map(|&x| x as usize).collect(),
-                        d.iter().map(|v| v.to_f32()).collect(),
-                    )
-                }
-                _ => {
-                    let (s, d) = value
-                        .try_extract_tensor::<f32>()
-                        .map_err(Error::ort(&ctx))?;
-                    (s.iter().map(|&x| x as usize).collect(), d.to_vec())
-                }
-            });
-        }
-        Ok(result)
-    }
-}
-
-impl Graph {
-    /// Run and return the named output as a 4-D array (latents, images).
-    fn run4(
-        &mut self,
-        inputs: Vec<(Cow<'static, str>, DynValue)>,
-        output: &str,
-    ) -> Result<Array4<f32>> {
-        let (shape, data) = self.run(inputs, output)?;
-        if shape.len() != 4 {
-            return Err(Error::model(
-                &self.path,
-                format!("output `{output}` has shape {shape:?}, expected 4 dims"),
-            ));
-        }
-        Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
-            .map_err(|e| Error::model(&self.path, format!("output `{output}`: {e}")))
-    }
-}
-
-/// CLIP text encoder: 77 ids per prompt -> `last_hidden_state`.
-pub struct TextEncoder {
-    pub graph: Graph,
-}
-
-impl TextEncoder {
-    pub fn load(runtime: &Runtime, c: &Component) -> Result<Self> {
-        let graph = Graph::load(runtime, c)?;
-        graph.input("input_ids")?;
-        Ok(TextEncoder { graph })
-    }
-
-    fn ids_input(&self, ids: &[i64]) -> Result<DynValue> {
-        let shape = vec![1i64, ids.len() as i64];
-        let port = self.graph.input("input_ids")?;
-        let ctx = format!("{}: input `input_ids`", self.graph.path.display());
-        match port.dtype {
-            Some(TensorElementType::Int32) => {
-                let v: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-                Ok(Tensor::from_array((shape, v))
-                    .map_err(Error::ort(&ctx))?
-                    .into_dyn())
-            }
-            Some(TensorElementType::Int64) => Ok(Tensor::from_array((shape, ids.to_vec()))
-                .map_err(Error::ort(&ctx))?
-                .into_dyn()),
-            other => Err(Error::model(
-                &self.graph.path,
-                format!(
-                    "input `input_ids` is {}, expected int32 or int64",
-                    other.map(dtype_name).unwrap_or("?")
-                ),
-            )),
-        }
-    }
-
-    fn array3(&self, name: &str, (shape, data): (Vec<usize>, Vec<f32>)) -> Result<Array3<f32>> {
-        if shape.len() != 3 {
-            return Err(Error::model(
-                &self.graph.path,
-                format!("output `{name}` has shape {shape:?}, expected 3 dims"),
-            ));
-        }
-        Array3::from_shape_vec((shape[0], shape[1], shape[2]), data)
-            .map_err(|e| Error::model(&self.graph.path, format!("output `{name}`: {e}")))
-    }
-
-    /// SD 1.x/2.x conditioning: `last_hidden_state` (1, 77, width).
-    pub fn encode(&mut self, ids: &[i64]) -> Result<Array3<f32>> {
-        let value = self.ids_input(ids)?;
-        let out = self.graph.output_name("last_hidden_state")?;
-        let result = self.graph.run(vec![("input_ids".into(), value)], &out)?;
-        self.array3(&out, result)
-    }
-
-    /// SDXL conditioning from one of its encoders: the penultimate layer's hidden states (diffusers'
-    /// `hidden_states[-2]`, optimum's `hidden_states.{N-1}` of `hidden_states.0..N`) and, when the encoder has a
-    /// projection (`text_encoder_2`), its pooled `text_embeds`.
-    pub fn encode_penultimate(
-        &mut self,
-        ids: &[i64],
-    ) -> Result<(Array3<f32>, Option<Array2<f32>>)> {
-        let last = self
-            .graph
-            .outputs
-            .iter()
-            .filter_map(|p| p.name.strip_prefix("hidden_states.")?.parse::<usize>().ok())
-            .max()
-            .filter(|&n| n >= 1)
-            .ok_or_else(|| {
-                Error::model(
-                    &self.graph.path,
-                    "has no `hidden_states.N` outputs: SDXL uses the encoders' penultimate layer; export \
-                     the pipeline with optimum (which adds them for SDXL)",
-                )
-            })?;
-        let hidden = format!("hidden_states.{}", last - 1);
-        let pooled = self.graph.outputs.iter().any(|p| p.name == "text_embeds");
-        let mut names = vec![hidden.as_str()];
-        if pooled {
-            names.push("text_embeds");
-        }
-        let value = self.ids_input(ids)?;
-        let mut outs = self
-            .graph
-            .run_outputs(vec![("input_ids".into(), value)], &names)?
-            .into_iter();
-        let states = outs
-            .next()
-            .ok_or_else(|| Error::model(&self.graph.path, format!("no output `{hidden}`")))?;
-        let states = self.array3(&hidden, states)?;
-        let pooled = match outs.next() {
-            Some((shape, data)) if shape.len() == 2 => Some(
-                Array2::from_shape_vec((shape[0], shape[1]), data)
-                    .map_err(|e| Error::model(&self.graph.path, format!("`text_embeds`: {e}")))?,
-            ),
-            Some((shape, _)) => {
-                return Err(Error::model(
-                    &self.graph.path,
-                    format!("output `text_embeds` has shape {shape:?}, expected 2 dims"),
-                ));
-            }
-            None => None,
-        };
-        Ok((states, pooled))
-    }
-}
 
 /// How the UNet export wants its timestep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimestepInput {
     /// rank 0 (current optimum)
     Scalar(TensorElementType),
-    /// shape [batch] (diffusers convert script)
+    /// shape `[batch]` (diffusers convert script)
     PerSample(TensorElementType),
 }
 
+/// The UNet: `sample`, `timestep`, `encoder_hidden_states` and the named 2-D extras in, the noise prediction out.
 pub struct Unet {
+    /// The session.
     pub graph: Graph,
+    /// How the export wants its timestep.
     pub timestep: TimestepInput,
     out: String,
     /// Device memory for bound buffers (CUDA/TensorRT), else host.
@@ -494,8 +163,15 @@ fn refill(buf: &mut Buf, on_device: bool, shape: &[usize], data: &[f32]) -> ort:
 }
 
 impl Unet {
+    /// Open the component's graph as exported.
     pub fn load(runtime: &Runtime, c: &Component) -> Result<Self> {
-        let graph = Graph::load(runtime, c)?;
+        Self::load_spec(runtime, &SessionSpec::plain(c))
+    }
+
+    /// Open it with the spec's initializer overrides (LoRA-merged weights).
+    pub fn load_spec(runtime: &Runtime, spec: &SessionSpec) -> Result<Self> {
+        let c = &spec.component;
+        let graph = Graph::load_spec(runtime, spec)?;
         graph.input("sample")?;
         graph.input("encoder_hidden_states")?;
         let ts = graph.input("timestep")?;
@@ -544,6 +220,7 @@ impl Unet {
         context: &Array3<f32>,
         extras: &[(&'static str, Array2<f32>)],
         sample_shape: &[usize],
+        out_channels: usize,
     ) -> Result<()> {
         let ctx = format!("{}: IO binding", self.graph.path.display());
         let context = context.as_standard_layout();
@@ -610,7 +287,7 @@ impl Unet {
         };
         let out_shape = [
             sample_shape[0],
-            self.declared_channels().unwrap_or(4),
+            out_channels,
             sample_shape[2],
             sample_shape[3],
         ];
@@ -741,21 +418,71 @@ impl Unet {
         self.graph.outputs.first().and_then(|p| p.fixed_dim(1))
     }
 
-    /// Input channels (4, or 9 for inpainting UNets): the `sample` port when fixed, else `conv_in`'s
-    /// weight shape read from the graph file.
-    pub fn input_channels(&self) -> Option<usize> {
+    /// Input channels the `sample` port declares, when fixed (4, or 9 for inpainting UNets).
+    pub fn declared_input_channels(&self) -> Option<usize> {
         self.graph
             .inputs
             .iter()
             .find(|p| p.name == "sample")
             .and_then(|p| p.fixed_dim(1))
-            .or_else(|| {
-                std::fs::read(&self.graph.path)
-                    .ok()
-                    .and_then(|bytes| crate::onnx_proto::input_conv_channels(&bytes, "sample"))
-            })
     }
 
+    /// The UNet's inputs must agree with what the folder's configs say, since they decide the text encoding
+    /// and the latents: a guidance embedding (`timestep_cond`, LCM), SDXL's added conditioning (`text_embeds`,
+    /// `time_ids`), and the channel counts where the graph fixes them.
+    pub fn check_against(&self, profile: &crate::profile::ModelProfile) -> Result<()> {
+        let path = &profile.unet.graph;
+        match (self.takes_guidance, &profile.guidance_embedding) {
+            (true, None) => {
+                return Err(Error::model(
+                    path,
+                    "takes `timestep_cond` (a guidance-distilled UNet) but unet/config.json gives no \
+                     time_cond_proj_dim: add the config the export came with",
+                ));
+            }
+            (false, Some(g)) => {
+                return Err(Error::model(
+                    path,
+                    format!(
+                        "has no `timestep_cond` input, but {} says the UNet takes a guidance embedding",
+                        g.source
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if self.takes_added_cond != profile.xl.is_some() {
+            return Err(Error::model(
+                path,
+                if self.takes_added_cond {
+                    "takes SDXL's `text_embeds`/`time_ids`, but the folder has no text_encoder_2/"
+                } else {
+                    "lacks SDXL's `text_embeds`/`time_ids` inputs, but the folder is an SDXL pipeline"
+                },
+            ));
+        }
+        for (what, declared, fact) in [
+            ("output", self.declared_channels(), &profile.latent_channels),
+            (
+                "`sample` input",
+                self.declared_input_channels(),
+                &profile.unet_in_channels,
+            ),
+        ] {
+            if let Some(d) = declared.filter(|&d| d != fact.value) {
+                return Err(Error::model(
+                    path,
+                    format!(
+                        "its {what} has {d} channels, but {} says {} (add the unet/config.json the export came with)",
+                        fact.source, fact.value
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// One UNet call (through the binding when `bind` set one up for these shapes), returning `out_sample`.
     pub fn run(
         &mut self,
         sample: &Array4<f32>,
@@ -847,76 +574,5 @@ impl Unet {
             ));
         }
         Ok(out)
-    }
-}
-
-pub struct VaeDecoder {
-    pub graph: Graph,
-    out: String,
-}
-
-impl VaeDecoder {
-    pub fn load(runtime: &Runtime, c: &Component) -> Result<Self> {
-        let graph = Graph::load(runtime, c)?;
-        graph.input("latent_sample")?;
-        let out = graph.output_name("sample")?;
-        Ok(VaeDecoder { graph, out })
-    }
-
-    /// True when the graph takes float16 latents.
-    pub fn is_fp16(&self) -> bool {
-        self.graph
-            .inputs
-            .iter()
-            .any(|p| p.name == "latent_sample" && p.dtype == Some(TensorElementType::Float16))
-    }
-
-    /// Decode one latent (1, C, h, w) to an image tensor (1, 3, H, W) in [-1, 1].
-    pub fn decode(&mut self, latent: &Array4<f32>) -> Result<Array4<f32>> {
-        let shape: Vec<i64> = latent.shape().iter().map(|&d| d as i64).collect();
-        let v = self
-            .graph
-            .float_input("latent_sample", latent.iter().copied().collect(), shape)?;
-        self.graph
-            .run4(vec![("latent_sample".into(), v)], &self.out.clone())
-    }
-}
-
-/// What the VAE encoder export returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EncoderOutput {
-    /// Mean and log-variance (optimum's `latent_parameters`): we sample with the run's generator.
-    Parameters,
-    /// Already sampled inside the graph (the convert script's `latent_sample`): not reproducible.
-    Sample,
-}
-
-pub struct VaeEncoder {
-    pub graph: Graph,
-    pub output: EncoderOutput,
-    out: String,
-}
-
-impl VaeEncoder {
-    pub fn load(runtime: &Runtime, c: &Component) -> Result<Self> {
-        let graph = Graph::load(runtime, c)?;
-        graph.input("sample")?;
-        let out = graph.output_name("latent_parameters")?;
-        let output = if out == "latent_sample" {
-            EncoderOutput::Sample
-        } else {
-            EncoderOutput::Parameters
-        };
-        Ok(VaeEncoder { graph, output, out })
-    }
-
-    /// Encode a (1, 3, H, W) image in [-1, 1]: latent parameters (2C channels) or a latent sample (C).
-    pub fn encode(&mut self, image: &Array4<f32>) -> Result<Array4<f32>> {
-        let shape: Vec<i64> = image.shape().iter().map(|&d| d as i64).collect();
-        let v = self
-            .graph
-            .float_input("sample", image.iter().copied().collect(), shape)?;
-        self.graph
-            .run4(vec![("sample".into(), v)], &self.out.clone())
     }
 }

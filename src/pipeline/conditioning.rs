@@ -1,0 +1,247 @@
+//! Stage 1: text to UNet conditioning. Tokenize, run the text encoder(s), and lay the embeddings out for the
+//! UNet: `[uncond x B, cond x B]` when guiding (as diffusers concatenates them), plus the named 2-D inputs some
+//! families add (the guidance embedding of LCM UNets, SDXL's `text_embeds` and `time_ids`).
+//!
+//! [`PromptEmbeds`] is the seam between the two halves: [`crate::pipeline::Pipeline::encode_prompt`] makes them from text (where prompt
+//! weighting and textual inversion will plug in), and a caller may pass its own instead (diffusers'
+//! `prompt_embeds`, `negative_prompt_embeds`, `pooled_prompt_embeds`, `negative_pooled_prompt_embeds`).
+
+use crate::error::{Error, Result};
+use crate::pipeline::family::{Family, Guidance, TextConditioning};
+use crate::pipeline::sessions::Sessions;
+use crate::profile::ModelProfile;
+use crate::tokenizer::ClipTokenizer;
+use ndarray::{Array2, Array3, Axis, concatenate};
+
+/// One prompt's embeddings, as the text encoders give them (batch 1).
+#[derive(Clone, Debug)]
+pub struct PromptEmbeds {
+    /// The prompt's hidden states, (1, 77, width).
+    pub cond: Array3<f32>,
+    /// The negative prompt's (or empty prompt's, or zeros on SDXL), same shape; `None` when the run is not
+    /// guided.
+    pub uncond: Option<Array3<f32>>,
+    /// SDXL: the second encoder's pooled projection of the prompt, (1, projection).
+    pub pooled: Option<Array2<f32>>,
+    /// SDXL: the same for the unconditional half.
+    pub uncond_pooled: Option<Array2<f32>>,
+}
+
+/// What the UNet is conditioned on for a whole run.
+pub(crate) struct Conditioning {
+    /// `encoder_hidden_states`, batched.
+    pub context: Array3<f32>,
+    /// Named 2-D inputs besides the text embeddings.
+    pub extras: Vec<(&'static str, Array2<f32>)>,
+}
+
+/// The tokenizers of a model (SDXL has two).
+pub(crate) struct Tokenizers {
+    pub first: ClipTokenizer,
+    pub second: Option<ClipTokenizer>,
+}
+
+impl Tokenizers {
+    pub(crate) fn load(profile: &ModelProfile) -> Result<Self> {
+        Ok(Tokenizers {
+            first: ClipTokenizer::from_dir(&profile.tokenizer_dir)?,
+            second: match &profile.xl {
+                Some(xl) => Some(ClipTokenizer::from_dir(&xl.tokenizer_2_dir)?),
+                None => None,
+            },
+        })
+    }
+}
+
+fn tokenize(tok: &ClipTokenizer, text: &str, warnings: &mut Vec<String>) -> Result<Vec<i64>> {
+    let enc = tok.encode(text)?;
+    if let Some(cut) = enc.truncated {
+        warnings.push(format!(
+            "prompt longer than 77 CLIP tokens; this part was cut: \"{cut}\""
+        ));
+    }
+    Ok(enc.ids)
+}
+
+/// One text through the family's encoders: (hidden states, pooled projection for SDXL).
+fn embed(
+    sessions: &mut Sessions,
+    profile: &ModelProfile,
+    tokenizers: &Tokenizers,
+    family: Family,
+    text: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(Array3<f32>, Option<Array2<f32>>)> {
+    let ids = tokenize(&tokenizers.first, text, warnings)?;
+    if family.text == TextConditioning::Sd {
+        return Ok((sessions.text_encoder(profile)?.encode(&ids)?, None));
+    }
+    // SDXL: both encoders' penultimate hidden states concatenated (1, 77, w1 + w2), and the second encoder's
+    // pooled projection (1, p), as `StableDiffusionXLPipeline.encode_prompt` builds them. The second
+    // tokenizer's truncation is the same text's, so it is not warned about twice.
+    let second_tok = tokenizers
+        .second
+        .as_ref()
+        .ok_or_else(|| Error::model(&profile.dir, "has no tokenizer_2 (not an SDXL folder)"))?;
+    let ids_2 = second_tok.encode(text)?.ids;
+    let (first, _) = sessions.text_encoder(profile)?.encode_penultimate(&ids)?;
+    let (second, pooled) = sessions
+        .text_encoder_2(profile)?
+        .encode_penultimate(&ids_2)?;
+    let pooled = pooled.ok_or_else(|| {
+        Error::model(
+            profile.dir.join("text_encoder_2"),
+            "has no `text_embeds` output (the pooled projection SDXL's UNet takes)",
+        )
+    })?;
+    let context = concatenate(Axis(2), &[first.view(), second.view()]).map_err(|e| {
+        Error::model(
+            &profile.dir,
+            format!("the two text encoders' hidden states do not concatenate: {e}"),
+        )
+    })?;
+    Ok((context, Some(pooled)))
+}
+
+/// diffusers' `encode_prompt`: the prompt's embeddings, and when `guided` the negative prompt's (the empty
+/// prompt's, or zeros where SDXL's `force_zeros_for_empty_prompt` says so).
+pub(crate) fn encode_prompt(
+    sessions: &mut Sessions,
+    profile: &ModelProfile,
+    tokenizers: &Tokenizers,
+    prompt: &str,
+    negative: Option<&str>,
+    guided: bool,
+    warnings: &mut Vec<String>,
+) -> Result<PromptEmbeds> {
+    let family = profile.family();
+    let (cond, pooled) = embed(sessions, profile, tokenizers, family, prompt, warnings)?;
+    let (uncond, uncond_pooled) = match (guided, negative, family.text) {
+        (false, _, _) => (None, None),
+        (
+            true,
+            None,
+            TextConditioning::Sdxl {
+                zeros_for_empty_negative: true,
+            },
+        ) => (
+            Some(Array3::zeros(cond.raw_dim())),
+            pooled.as_ref().map(|p| Array2::zeros(p.raw_dim())),
+        ),
+        (true, negative, _) => {
+            let (u, p) = embed(
+                sessions,
+                profile,
+                tokenizers,
+                family,
+                negative.unwrap_or(""),
+                warnings,
+            )?;
+            (Some(u), p)
+        }
+    };
+    Ok(PromptEmbeds {
+        cond,
+        uncond,
+        pooled,
+        uncond_pooled,
+    })
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::Invalid {
+        field: "prompt_embeds",
+        msg: msg.into(),
+    }
+}
+
+/// `[uncond x B, cond x B]` (or `cond x B`), for any rank.
+fn batched<D: ndarray::RemoveAxis>(
+    uncond: Option<&ndarray::Array<f32, D>>,
+    cond: &ndarray::Array<f32, D>,
+    batch: usize,
+) -> Result<ndarray::Array<f32, D>> {
+    let mut views: Vec<_> = Vec::new();
+    if let Some(u) = uncond {
+        views.extend((0..batch).map(|_| u.view()));
+    }
+    views.extend((0..batch).map(|_| cond.view()));
+    concatenate(Axis(0), &views).map_err(|e| invalid(format!("do not batch: {e}")))
+}
+
+/// Lay one prompt's embeddings out for a run of `batch` images at `width` x `height` and this guidance scale.
+pub(crate) fn condition(
+    family: Family,
+    embeds: &PromptEmbeds,
+    batch: usize,
+    width: usize,
+    height: usize,
+    guidance: f32,
+) -> Result<Conditioning> {
+    let guided = family.guided(guidance);
+    if embeds.cond.shape()[0] != 1 {
+        return Err(invalid(format!(
+            "cond has batch {}; one prompt's embeddings are (1, tokens, width)",
+            embeds.cond.shape()[0]
+        )));
+    }
+    let uncond = match (&embeds.uncond, guided) {
+        (Some(u), true) if u.shape() != embeds.cond.shape() => {
+            return Err(invalid(format!(
+                "uncond {:?} and cond {:?} differ in shape",
+                u.shape(),
+                embeds.cond.shape()
+            )));
+        }
+        (Some(u), true) => Some(u),
+        (None, true) => {
+            return Err(invalid(
+                "have no unconditional half, but the run is guided (guidance above 1)",
+            ));
+        }
+        (_, false) => None,
+    };
+    let mut extras: Vec<(&'static str, Array2<f32>)> = Vec::new();
+    if let Guidance::Embedded { dim } = family.guidance {
+        extras.push((
+            "timestep_cond",
+            guidance_scale_embedding(guidance - 1.0, dim, batch),
+        ));
+    }
+    let context = batched(uncond, &embeds.cond, batch)?;
+    if let TextConditioning::Sdxl { .. } = family.text {
+        let pooled = embeds
+            .pooled
+            .as_ref()
+            .ok_or_else(|| invalid("have no pooled projection, which SDXL's UNet takes"))?;
+        let uncond_pooled = match (guided, &embeds.uncond_pooled) {
+            (true, None) => return Err(invalid("have no unconditional pooled projection")),
+            (true, Some(p)) => Some(p),
+            (false, _) => None,
+        };
+        let pooled = batched(uncond_pooled, pooled, batch)?;
+        let ids = Family::time_ids(width, height);
+        extras.push(("text_embeds", pooled));
+        extras.push((
+            "time_ids",
+            Array2::from_shape_fn((context.shape()[0], ids.len()), |(_, j)| ids[j]),
+        ));
+    }
+    Ok(Conditioning { context, extras })
+}
+
+/// diffusers' `get_guidance_scale_embedding(w)` (LatentConsistencyModelPipeline, StableDiffusionPipeline):
+/// sinusoidal features of `w * 1000` at frequencies `10000^(-i / (dim/2 - 1))`, sines then cosines, zero-padded
+/// to an odd `dim`; one row per image. In float32, as torch computes it.
+pub fn guidance_scale_embedding(w: f32, dim: usize, batch: usize) -> Array2<f32> {
+    let w = w * 1000.0;
+    let half = dim / 2;
+    let step = 10000f32.ln() / (half.max(2) - 1) as f32;
+    let mut row = vec![0f32; dim];
+    for i in 0..half {
+        let x = w * (i as f32 * -step).exp();
+        row[i] = x.sin();
+        row[half + i] = x.cos();
+    }
+    Array2::from_shape_fn((batch, dim), |(_, j)| row[j])
+}

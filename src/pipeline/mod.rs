@@ -1,0 +1,280 @@
+//! Generation as diffusers' Stable Diffusion pipelines do it, in five stages, one module each:
+//!
+//! 0. [`request`]: an [`Intent`] resolved against the model into a validated [`Request`] and its scheduler
+//!    (a [`Plan`]);
+//! 1. [`conditioning`]: prompt to UNet conditioning (cond + uncond for classifier-free guidance, or LCM's
+//!    guidance embedding; SDXL's two encoders, pooled embeddings and time ids);
+//! 2. `latents`: the starting latents, drawn from the run's generator in diffusers' order (txt2img noise,
+//!    img2img's noised input, inpainting's mask and masked-image latents);
+//! 3. `denoise`: the scheduler loop from the strength's start index;
+//! 4. `decode`: latents to 8-bit RGB with diffusers' rounding.
+//!
+//! What differs between SD, SDXL and guidance-distilled models is decided in [`family`]; when sessions are
+//! created and dropped, in `sessions` ([`MemoryMode`]). Generator draws happen in diffusers' order, so a seed gives
+//! diffusers' image (txt2img, img2img and inpainting pipelines of SD 1.x/2.x, SDXL base and LCM).
+//!
+//! No file I/O and no printing here: progress, notes and warnings go back to the caller.
+
+pub mod conditioning;
+mod decode;
+mod denoise;
+pub mod family;
+mod latents;
+pub mod request;
+mod sessions;
+
+pub use conditioning::{PromptEmbeds, guidance_scale_embedding};
+pub use decode::RgbImage;
+pub use family::{Family, Guidance, RunDefaults, TextConditioning};
+pub use request::{Init, InitIntent, Intent, Plan, Request, random_seed, resolve};
+pub use sessions::MemoryMode;
+
+use crate::error::Result;
+use crate::graphs::EncoderOutput;
+use crate::profile::ModelProfile;
+use crate::runtime::{GraphCapture, Runtime};
+use crate::schedulers::Latents;
+use crate::tokenizer::ClipTokenizer;
+use conditioning::Tokenizers;
+use sessions::{Done, Sessions};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// What a generation returns.
+pub struct Generated {
+    /// The images, in batch order.
+    pub images: Vec<RgbImage>,
+    /// Each image's seed. A batch draws from one generator seeded once (diffusers'
+    /// `generator=torch.Generator().manual_seed(seed)` with `num_images_per_prompt`), so all are the request's
+    /// seed; image `i` is reproduced by the same request, not by seed + i.
+    pub seeds: Vec<u64>,
+    /// The final latents, before the VAE (for parity checks).
+    pub latents: Latents,
+    /// Things that went differently than asked (prompt truncated, fallbacks), one sentence each.
+    pub warnings: Vec<String>,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// Where a run's time went (measured with `Instant`; for `bench` and the PERFORMANCE figures).
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    /// Tokenizing and running the text encoder (cond + uncond).
+    pub text: Duration,
+    /// Each UNet `Session::run`, input conversion included.
+    pub unet: Vec<Duration>,
+    /// Of each bound UNet call, the host work around `Session::run`: latents and timestep into the bound
+    /// inputs, the output back (host<->device copies on GPUs). Included in `unet`.
+    pub unet_host_io: Vec<Duration>,
+    /// Each step's `scale_model_input` + `step`.
+    pub scheduler: Vec<Duration>,
+    /// Each step's other host work: CFG batch concat and guidance arithmetic.
+    pub guidance: Vec<Duration>,
+    /// VAE decode of all images, RGB conversion included.
+    pub decode: Duration,
+    /// How many UNet calls went through the IO binding (all of them, unless binding was unavailable).
+    pub bound_unet_calls: usize,
+    /// Whether the UNet's bound buffers were kept from the previous generation (same shapes), so nothing
+    /// was allocated for this one.
+    pub unet_buffers_reused: bool,
+    /// What became of `--cuda-graph` for the UNet.
+    pub unet_capture: GraphCapture,
+}
+
+/// What the pipeline reports while it runs.
+pub enum Progress {
+    /// A denoising step finished.
+    Step {
+        /// Steps done in this run.
+        done: usize,
+        /// Steps this run makes.
+        total: usize,
+    },
+    /// The VAE is decoding.
+    Decoding,
+}
+
+/// One model, ready to generate. Owns its sessions (and a handle on the process's ONNX Runtime), so it can
+/// live in a server's state; one generation at a time (`&mut self`).
+pub struct Pipeline {
+    /// The model's facts.
+    pub profile: ModelProfile,
+    family: Family,
+    tokenizers: Tokenizers,
+    sessions: Sessions,
+    interrupt: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    /// Load every graph now and keep it.
+    pub fn load(runtime: &Runtime, profile: ModelProfile) -> Result<Self> {
+        Self::with_memory(runtime, profile, MemoryMode::KeepAll)
+    }
+
+    /// With [`MemoryMode::KeepAll`] every graph is opened now; otherwise each is opened when first needed, in
+    /// the order of use (text encoder, UNet, VAE), so a one-shot run never holds them all at once.
+    pub fn with_memory(
+        runtime: &Runtime,
+        profile: ModelProfile,
+        memory: MemoryMode,
+    ) -> Result<Self> {
+        let mut sessions = Sessions::new(runtime.clone(), memory);
+        if memory == MemoryMode::KeepAll {
+            sessions.open_all(&profile)?;
+        }
+        Ok(Pipeline {
+            family: profile.family(),
+            tokenizers: Tokenizers::load(&profile)?,
+            sessions,
+            profile,
+            interrupt: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The (first) tokenizer.
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizers.first
+    }
+
+    /// 9 for an inpainting UNet, else the latent channel count.
+    pub fn unet_in_channels(&self) -> usize {
+        self.profile.unet_in_channels.value
+    }
+
+    /// What the VAE encoder returns (known once it has been loaded).
+    pub fn encoder_output(&self) -> Option<EncoderOutput> {
+        self.sessions.encoder_output()
+    }
+
+    /// A flag that stops the running generation after its current step with [`crate::Error::Interrupted`]
+    /// (A1111's interrupt); set it from any thread. Each generation clears it when it starts.
+    pub fn interrupter(&self) -> Arc<AtomicBool> {
+        self.interrupt.clone()
+    }
+
+    /// diffusers' `encode_prompt`: the embeddings a run at this guidance scale would use, to inspect, change
+    /// or pass back as [`Request::prompt_embeds`]. Warnings (a truncated prompt) are appended to `warnings`.
+    pub fn encode_prompt(
+        &mut self,
+        prompt: &str,
+        negative_prompt: Option<&str>,
+        guidance: f32,
+        warnings: &mut Vec<String>,
+    ) -> Result<PromptEmbeds> {
+        let guided = self.family.guided(guidance);
+        conditioning::encode_prompt(
+            &mut self.sessions,
+            &self.profile,
+            &self.tokenizers,
+            prompt,
+            negative_prompt,
+            guided,
+            warnings,
+        )
+    }
+
+    /// Validate `req` against the model and run it (see [`Pipeline::run`]).
+    pub fn generate(
+        &mut self,
+        req: &Request,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Generated> {
+        let plan = req.clone().plan(&self.profile)?;
+        self.run(plan, progress)
+    }
+
+    /// Run a resolved plan: condition, prepare latents, denoise, decode. `progress` hears of every step.
+    pub fn run(&mut self, plan: Plan, progress: &mut dyn FnMut(Progress)) -> Result<Generated> {
+        let Plan {
+            request: req,
+            mut scheduler,
+            ..
+        } = plan;
+        self.interrupt.store(false, Ordering::Relaxed);
+        let (profile, family) = (&self.profile, self.family);
+        let mut warnings = Vec::new();
+        let mut timings = Timings::default();
+        if req.negative_prompt.is_some() && !family.uses_negative_prompt() {
+            warnings.push(
+                "the negative prompt is not used: this UNet is guidance-distilled (LCM); the guidance scale \
+                 enters as an embedding, with no unconditional pass (as in diffusers)"
+                    .into(),
+            );
+        }
+
+        // 1. Conditioning.
+        let started = Instant::now();
+        let guided = family.guided(req.guidance);
+        let encoded;
+        let embeds = match &req.prompt_embeds {
+            Some(e) => e,
+            None => {
+                encoded = conditioning::encode_prompt(
+                    &mut self.sessions,
+                    profile,
+                    &self.tokenizers,
+                    &req.prompt,
+                    req.negative_prompt.as_deref(),
+                    guided,
+                    &mut warnings,
+                )?;
+                &encoded
+            }
+        };
+        let cond = conditioning::condition(
+            family,
+            embeds,
+            req.batch,
+            req.width,
+            req.height,
+            req.guidance,
+        )?;
+        timings.text = started.elapsed();
+        self.sessions.done(Done::Text);
+
+        // 2. Starting latents.
+        let mut noise = req.rng.build(req.seed);
+        let start = latents::prepare(
+            &mut self.sessions,
+            profile,
+            &req,
+            scheduler.as_ref(),
+            noise.as_mut(),
+        )?;
+        self.sessions.done(Done::Encoding);
+
+        // 3. Denoising.
+        let latents = if start.begin < scheduler.timesteps().len() {
+            let unet = self.sessions.unet(profile)?;
+            let lp = denoise::Loop {
+                scheduler: scheduler.as_mut(),
+                noise: noise.as_mut(),
+                cond: &cond,
+                guided,
+                guidance: req.guidance,
+                guidance_rescale: req.guidance_rescale,
+                batch: req.batch,
+                interrupt: &self.interrupt,
+            };
+            denoise::denoise(unet, start, lp, &mut timings, &mut warnings, progress)?
+        } else {
+            start.latents
+        };
+        self.sessions.done(Done::Denoising);
+
+        // 4. Decoding.
+        progress(Progress::Decoding);
+        let decode_start = Instant::now();
+        let images = decode::decode(&mut self.sessions, profile, &latents, &mut warnings)?;
+        timings.decode = decode_start.elapsed();
+        self.sessions.done(Done::Decoding);
+        Ok(Generated {
+            seeds: vec![req.seed; images.len()],
+            images,
+            latents,
+            warnings,
+            timings,
+        })
+    }
+}

@@ -1,0 +1,167 @@
+//! The only place the pipeline creates and drops ONNX Runtime sessions. Each graph sits in a lazy [`Slot`];
+//! [`MemoryMode`] decides whether they are all opened up front and kept, or opened when first needed and
+//! dropped as soon as the run is done with them.
+
+use crate::error::{Error, Result};
+use crate::graphs::{EncoderOutput, TextEncoder, Unet, VaeDecoder, VaeEncoder};
+use crate::profile::ModelProfile;
+use crate::runtime::Runtime;
+
+/// When graphs are loaded and dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MemoryMode {
+    /// Keep every session (for reuse across many generations: servers, `bench`).
+    #[default]
+    KeepAll,
+    /// One run: create each session when first needed and drop it as soon as this run no longer needs it
+    /// (text encoder after the embeddings, VAE encoder after encoding, UNet after the loop). The same total
+    /// load time as loading everything first, a much lower peak. The CLI's default.
+    OneShot,
+    /// The same order, for `--low-memory`; the CLI also turns off ONNX Runtime's memory-pattern planning.
+    Low,
+}
+
+/// A session created on first use.
+pub(crate) struct Slot<T>(Option<T>);
+
+impl<T> Slot<T> {
+    fn empty() -> Self {
+        Slot(None)
+    }
+
+    fn get_or(&mut self, load: impl FnOnce() -> Result<T>) -> Result<&mut T> {
+        match self.0 {
+            Some(ref mut v) => Ok(v),
+            None => Ok(self.0.insert(load()?)),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// Phases after which a one-shot run drops sessions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Done {
+    Text,
+    Encoding,
+    Denoising,
+    Decoding,
+}
+
+/// Every session of one model.
+pub(crate) struct Sessions {
+    runtime: Runtime,
+    memory: MemoryMode,
+    text_encoder: Slot<TextEncoder>,
+    text_encoder_2: Slot<TextEncoder>,
+    unet: Slot<Unet>,
+    vae_decoder: Slot<VaeDecoder>,
+    vae_encoder: Slot<VaeEncoder>,
+    encoder_output: Option<EncoderOutput>,
+}
+
+impl Sessions {
+    pub(crate) fn new(runtime: Runtime, memory: MemoryMode) -> Self {
+        Sessions {
+            runtime,
+            memory,
+            text_encoder: Slot::empty(),
+            text_encoder_2: Slot::empty(),
+            unet: Slot::empty(),
+            vae_decoder: Slot::empty(),
+            vae_encoder: Slot::empty(),
+            encoder_output: None,
+        }
+    }
+
+    /// Open every graph now (for [`MemoryMode::KeepAll`]).
+    pub(crate) fn open_all(&mut self, profile: &ModelProfile) -> Result<()> {
+        self.text_encoder(profile)?;
+        if profile.xl.is_some() {
+            self.text_encoder_2(profile)?;
+        }
+        self.unet(profile)?;
+        self.vae_decoder(profile)?;
+        if profile.vae_encoder.is_some() {
+            self.vae_encoder(profile)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    pub(crate) fn text_encoder(&mut self, profile: &ModelProfile) -> Result<&mut TextEncoder> {
+        let rt = &self.runtime;
+        self.text_encoder
+            .get_or(|| TextEncoder::load(rt, &profile.text_encoder))
+    }
+
+    pub(crate) fn text_encoder_2(&mut self, profile: &ModelProfile) -> Result<&mut TextEncoder> {
+        let rt = &self.runtime;
+        self.text_encoder_2.get_or(|| {
+            let c = profile
+                .xl
+                .as_ref()
+                .map(|x| &x.text_encoder_2)
+                .ok_or_else(|| {
+                    Error::model(&profile.dir, "has no text_encoder_2 (not an SDXL folder)")
+                })?;
+            TextEncoder::load(rt, c)
+        })
+    }
+
+    pub(crate) fn unet(&mut self, profile: &ModelProfile) -> Result<&mut Unet> {
+        let rt = &self.runtime;
+        self.unet.get_or(|| {
+            let unet = Unet::load(rt, &profile.unet)?;
+            unet.check_against(profile)?;
+            Ok(unet)
+        })
+    }
+
+    pub(crate) fn vae_decoder(&mut self, profile: &ModelProfile) -> Result<&mut VaeDecoder> {
+        let rt = &self.runtime;
+        self.vae_decoder
+            .get_or(|| VaeDecoder::load(rt, &profile.vae_decoder))
+    }
+
+    pub(crate) fn vae_encoder(&mut self, profile: &ModelProfile) -> Result<&mut VaeEncoder> {
+        let rt = &self.runtime;
+        let encoder = self.vae_encoder.get_or(|| {
+            let c = profile.vae_encoder.as_ref().ok_or_else(|| {
+                Error::model(
+                    &profile.dir,
+                    "has no vae_encoder: img2img and inpainting need one (export the pipeline with its VAE encoder)",
+                )
+            })?;
+            VaeEncoder::load(rt, c)
+        })?;
+        self.encoder_output = Some(encoder.output);
+        Ok(encoder)
+    }
+
+    /// What the VAE encoder returns (known once it has been loaded).
+    pub(crate) fn encoder_output(&self) -> Option<EncoderOutput> {
+        self.encoder_output
+    }
+
+    /// A one-shot run is done with a phase: drop the sessions only it used.
+    pub(crate) fn done(&mut self, phase: Done) {
+        if self.memory == MemoryMode::KeepAll {
+            return;
+        }
+        match phase {
+            Done::Text => {
+                self.text_encoder.clear();
+                self.text_encoder_2.clear();
+            }
+            Done::Encoding => self.vae_encoder.clear(),
+            Done::Denoising => self.unet.clear(),
+            Done::Decoding => self.vae_decoder.clear(),
+        }
+    }
+}

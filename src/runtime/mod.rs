@@ -1,0 +1,438 @@
+//! ONNX Runtime: loading the shared library (`library.rs`), choosing execution providers (`providers.rs`),
+//! caching optimised graphs (`cache.rs`), and creating sessions ([`Runtime::open`]). This module and its
+//! children are the only code that names execution providers.
+
+mod cache;
+mod library;
+mod providers;
+
+pub use cache::{default_cache_dir, graph_cache_path, prune_graph_cache};
+pub use library::{LibraryChoice, MIN_ORT_MINOR, physical_cores, resolve_library};
+pub use providers::{
+    COMPONENTS, Provider, ProviderChoice, ProviderSettings, ShapeProfile, capture_refusal,
+    providers_for,
+};
+
+use crate::error::{Error, Result};
+use crate::profile::Component;
+use library::environment;
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::DynValue;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How sessions are created: providers (one default, per-component overrides), TensorRT settings, caches.
+/// The default is the CLI's: CPU, physical cores, the optimised-graph cache on in [`default_cache_dir`].
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// The provider every component uses unless `per_component` says otherwise.
+    pub providers: ProviderChoice,
+    /// Component name (`unet`, `vae_decoder`, ...) -> provider, overriding `providers`.
+    pub per_component: HashMap<String, ProviderChoice>,
+    /// TensorRT: build fp16 engines.
+    pub trt_fp16: bool,
+    /// Where TensorRT engines, timing caches and optimised CPU graphs are kept.
+    pub cache_dir: Option<PathBuf>,
+    /// Component name -> TensorRT profile shapes derived from the requested size and batch.
+    pub trt_profiles: HashMap<String, ShapeProfile>,
+    /// Write each optimised graph once and load it afterwards (`--no-graph-cache` turns this off).
+    pub graph_cache: bool,
+    /// Intra-op threads; `None`: physical cores.
+    pub threads: Option<usize>,
+    /// `--low-memory`: no memory-pattern planning (ONNX Runtime then allocates per tensor instead of one
+    /// planned block per run).
+    pub low_memory: bool,
+    /// `--cuda-graph`: capture the UNet's run once and replay it (CUDA: `enable_cuda_graph`, TensorRT:
+    /// `trt_cuda_graph_enable`). Only the UNet gets it: the other graphs run once per image.
+    pub cuda_graph: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            providers: ProviderChoice::default(),
+            per_component: HashMap::new(),
+            trt_fp16: false,
+            cache_dir: default_cache_dir(),
+            trt_profiles: HashMap::new(),
+            graph_cache: true,
+            threads: None,
+            low_memory: false,
+            cuda_graph: false,
+        }
+    }
+}
+
+/// One session to create: a component's graph, with named initializers replaced by other values (LoRA-merged
+/// weights, edited embeddings), and what identifies those values for the optimised-graph cache.
+#[derive(Clone)]
+pub struct SessionSpec {
+    /// The graph.
+    pub component: Component,
+    /// (initializer name, value of the graph's shape and element type), applied at session creation.
+    pub overrides: Vec<(String, Arc<DynValue>)>,
+    /// A stable description of what the overrides are (e.g. `lora:style.safetensors@<mtime>*0.8`); part of the
+    /// cache key ([`graph_cache_path`]), so differently overridden graphs never share an entry. Empty without
+    /// overrides. (Overridden sessions are not cached today: see [`Runtime::open_spec`].)
+    pub identity: String,
+}
+
+impl SessionSpec {
+    /// The component's graph as exported.
+    pub fn plain(component: &Component) -> Self {
+        SessionSpec {
+            component: component.clone(),
+            overrides: Vec::new(),
+            identity: String::new(),
+        }
+    }
+}
+
+/// The component that `--cuda-graph` applies to.
+pub const CAPTURED_COMPONENT: &str = "unet";
+
+/// Whether a session captures its run as a device graph and replays it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum GraphCapture {
+    /// Not asked for (or not applicable to this component).
+    #[default]
+    Off,
+    /// Asked for and accepted by ONNX Runtime: bind inputs and outputs at fixed device addresses.
+    On,
+    /// Asked for, refused by ONNX Runtime at session creation; the session was created without it.
+    Refused(String),
+}
+
+impl std::fmt::Display for GraphCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GraphCapture::Off => f.write_str("off"),
+            GraphCapture::On => f.write_str("on"),
+            GraphCapture::Refused(why) => write!(f, "refused: {why}"),
+        }
+    }
+}
+
+/// A created session and what became of `--cuda-graph` for it.
+pub struct OpenedSession {
+    /// The session.
+    pub session: Session,
+    /// What became of `--cuda-graph` for it.
+    pub capture: GraphCapture,
+}
+
+impl RuntimeConfig {
+    /// The provider for one component: its override, else the default.
+    pub fn choice_for(&self, component: &str) -> &ProviderChoice {
+        self.per_component.get(component).unwrap_or(&self.providers)
+    }
+
+    /// Whether `--cuda-graph` applies to this component: asked for, the UNet, on a CUDA device.
+    pub fn captures(&self, component: &str) -> bool {
+        self.cuda_graph
+            && component == CAPTURED_COMPONENT
+            && matches!(
+                self.choice_for(component).provider,
+                Provider::Cuda | Provider::TensorRt
+            )
+    }
+}
+
+/// A loaded ONNX Runtime and the session options we choose. Cheap to clone: every clone shares the process's
+/// one library and environment.
+#[derive(Clone)]
+pub struct Runtime {
+    env: Environment,
+    /// The library and how it was found.
+    pub library: LibraryChoice,
+    /// Its version (`1.31.1`).
+    pub version: String,
+    /// Intra-op threads per session.
+    pub threads: usize,
+    /// How sessions are created.
+    pub config: RuntimeConfig,
+}
+
+impl Runtime {
+    /// Load the library at `path` (else `ORT_DYLIB_PATH`, else one next to the executable) with the default
+    /// configuration (CPU, graph cache on).
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        Self::load_with(path, RuntimeConfig::default())
+    }
+
+    /// [`Runtime::load`] with sessions configured by `config`; every provider it names must be in the library.
+    pub fn load_with(flag: Option<&Path>, config: RuntimeConfig) -> Result<Self> {
+        let library = resolve_library(flag)?;
+        let (env, version) = environment(&library.path)?;
+        // ONNX Runtime's intra-op pool runs best on physical cores (hyper-threads share the FMA units).
+        let threads = config.threads.unwrap_or_else(physical_cores);
+        let rt = Runtime {
+            env,
+            library,
+            version,
+            threads,
+            config,
+        };
+        // Every provider asked for must exist in this library: say so now, not after the text encoder ran.
+        let mut wanted = vec![rt.config.providers.provider];
+        wanted.extend(rt.config.per_component.values().map(|c| c.provider));
+        let available = rt.available_providers()?;
+        for p in wanted {
+            if !available.iter().any(|a| a == p.ort_name()) {
+                return Err(Error::Runtime(format!(
+                    "--ep {}: the ONNX Runtime library at {} has no {} (it offers: {}); use {}",
+                    p.cli_name(),
+                    rt.library.path.display(),
+                    p.ort_name(),
+                    available.join(", "),
+                    p.package_hint()
+                )));
+            }
+        }
+        if rt.config.cuda_graph {
+            let unet = rt.choice_for(CAPTURED_COMPONENT).provider;
+            if !matches!(unet, Provider::Cuda | Provider::TensorRt) {
+                return Err(Error::Usage(format!(
+                    "--cuda-graph: the unet runs on {}; graph capture needs --ep cuda or --ep tensorrt \
+                     (or --component-ep unet=cuda)",
+                    unet.cli_name()
+                )));
+            }
+        }
+        Ok(rt)
+    }
+
+    /// What the loaded library was built with (`onnxruntime.get_available_providers()`).
+    pub fn available_providers(&self) -> Result<Vec<String>> {
+        let api = ort::api();
+        let mut list: *mut *mut std::ffi::c_char = std::ptr::null_mut();
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: the API fills `list` with `n` C strings that we release below with the matching call.
+        let status = unsafe { (api.GetAvailableProviders)(&mut list, &mut n) };
+        if !status.0.is_null() {
+            return Err(Error::Runtime("GetAvailableProviders failed".into()));
+        }
+        let mut out = Vec::new();
+        for i in 0..n.max(0) as usize {
+            // SAFETY: i < n entries, each a NUL-terminated string owned by ONNX Runtime.
+            let s = unsafe { std::ffi::CStr::from_ptr(*list.add(i)) };
+            out.push(s.to_string_lossy().into_owned());
+        }
+        // SAFETY: releasing exactly what GetAvailableProviders returned.
+        unsafe {
+            let _ = (api.ReleaseAvailableProviders)(list, n);
+        }
+        Ok(out)
+    }
+
+    /// Device memory for IO binding of `component`'s inputs and outputs: the GPU for CUDA/TensorRT,
+    /// `None` for providers that run from host memory.
+    pub fn device_memory(
+        &self,
+        component: &str,
+    ) -> Result<Option<ort::memory::MemoryInfo<'static>>> {
+        let choice = self.choice_for(component);
+        match choice.provider {
+            Provider::Cuda | Provider::TensorRt => ort::memory::MemoryInfo::new(
+                ort::memory::AllocationDevice::CUDA,
+                choice.device_id,
+                ort::memory::AllocatorType::Device,
+                ort::memory::MemoryType::Default,
+            )
+            .map(Some)
+            .map_err(Error::ort(format!("{component}: device memory"))),
+            _ => Ok(None),
+        }
+    }
+
+    fn choice_for(&self, component: &str) -> &ProviderChoice {
+        self.config.choice_for(component)
+    }
+
+    /// A session for one component, on the provider chosen for it, with graph capture when `--cuda-graph`
+    /// asks for it. When ONNX Runtime refuses capture for this graph, the session is created again without it
+    /// and the reason is returned (never a silent change of provider).
+    pub fn open(&self, component: &Component) -> Result<OpenedSession> {
+        self.open_spec(&SessionSpec::plain(component))
+    }
+
+    /// [`Runtime::open`] with the spec's initializer overrides applied. Such sessions bypass the
+    /// optimised-graph cache: ONNX Runtime saves the source file's initializers, not the overrides.
+    pub fn open_spec(&self, spec: &SessionSpec) -> Result<OpenedSession> {
+        let component = &spec.component;
+        if !self.config.captures(component.name) {
+            return Ok(OpenedSession {
+                session: self.create(spec, false)?,
+                capture: GraphCapture::Off,
+            });
+        }
+        match self.create(spec, true) {
+            Ok(session) => Ok(OpenedSession {
+                session,
+                capture: GraphCapture::On,
+            }),
+            Err(e) => match capture_refusal(&e.to_string()) {
+                Some(reason) => Ok(OpenedSession {
+                    session: self.create(spec, false)?,
+                    capture: GraphCapture::Refused(reason),
+                }),
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Registration failures are errors (never a silent CPU fallback). With the graph cache on, CPU sessions
+    /// load a previously optimised graph.
+    fn create(&self, spec: &SessionSpec, capture: bool) -> Result<Session> {
+        let component = &spec.component;
+        let graph = &component.graph;
+        let context = graph.display().to_string();
+        let choice = self.choice_for(component.name).clone();
+        let mut builder = Session::builder(&self.env)
+            .map_err(Error::ort(&context))?
+            .with_intra_threads(self.threads)
+            .map_err(Error::ort(&context))?
+            .with_memory_pattern(!self.config.low_memory)
+            .map_err(Error::ort(&context))?;
+        if let Some(d) = providers::dispatch(&self.config, component.name, &choice, capture)? {
+            builder = builder.with_execution_providers([d]).map_err(|e| {
+                Error::Runtime(format!(
+                    "{}: --ep {} could not be registered for {}: {e}",
+                    context,
+                    choice.provider.cli_name(),
+                    component.name
+                ))
+            })?;
+        }
+        // ONNX Runtime writes an optimised graph with the initializers of the source file, not the overriding
+        // values, so an overridden session is optimised from its source every time (measured: a cached entry
+        // reloaded gave the plain graph's outputs).
+        let cached = if choice.provider == Provider::Cpu
+            && self.config.graph_cache
+            && spec.overrides.is_empty()
+        {
+            graph_cache_path(self, spec)
+        } else {
+            None
+        };
+        for (name, value) in &spec.overrides {
+            builder = builder
+                .with_initializer(name, value.clone())
+                .map_err(Error::ort(format!("{context}: initializer `{name}`")))?;
+        }
+        match cached {
+            Some(path) if path.is_file() => builder
+                .with_optimization_level(GraphOptimizationLevel::Disable)
+                .map_err(Error::ort(&context))?
+                .commit_from_file(&path)
+                .map_err(Error::ort(path.display().to_string())),
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                // The graph is written under a temporary name and renamed into place last, so a run that
+                // dies midway leaves no entry that a later run would load. Large initializers go to a data
+                // file with its final name (the graph refers to it by that name).
+                let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+                let external = path
+                    .with_extension("data")
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let session = builder
+                    .with_optimization_level(GraphOptimizationLevel::All)
+                    .map_err(Error::ort(&context))?
+                    .with_config_entry(
+                        "session.optimized_model_external_initializers_file_name",
+                        &external,
+                    )
+                    .map_err(Error::ort(&context))?
+                    .with_config_entry(
+                        "session.optimized_model_external_initializers_min_size_in_bytes",
+                        "1024",
+                    )
+                    .map_err(Error::ort(&context))?
+                    .with_optimized_model_path(&tmp)
+                    .map_err(Error::ort(&context))?
+                    .commit_from_file(graph)
+                    .map_err(Error::ort(&context))?;
+                if std::fs::rename(&tmp, &path).is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                } else if let Some(stamp) = cache::source_stamp(graph) {
+                    // Remember which graph this entry optimises, so that entries of graphs since moved,
+                    // deleted or re-exported are removed instead of piling up (they are as large as models).
+                    let _ = std::fs::write(path.with_extension("source"), stamp);
+                    if let Some(dir) = path.parent() {
+                        cache::prune_graph_cache(dir);
+                    }
+                }
+                Ok(session)
+            }
+            None => builder
+                .with_optimization_level(GraphOptimizationLevel::All)
+                .map_err(Error::ort(&context))?
+                .commit_from_file(graph)
+                .map_err(Error::ort(&context)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages ONNX Runtime 1.17-1.31 gives when it refuses graph capture at session creation
+    /// (inference_session.cc), and one that is not about capture.
+    #[test]
+    fn capture_refusals_are_recognised_with_their_reason() {
+        let split = "This session cannot use the graph capture feature as requested by the user as all \
+                     compute graph nodes have not been partitioned to the CUDAExecutionProvider";
+        let why = capture_refusal(split).unwrap_or_default();
+        assert!(why.contains("not every node runs on the GPU"), "{why}");
+        assert!(
+            why.contains("partitioned to the CUDAExecutionProvider"),
+            "{why}"
+        );
+        let control = "This session cannot use the graph capture feature as requested by the user as the \
+                       model has control flow nodes which can't be supported by CUDAExecutionProvider";
+        let why = capture_refusal(control).unwrap_or_default();
+        assert!(why.contains("control-flow"), "{why}");
+        assert_eq!(
+            capture_refusal("Load model from unet/model.onnx failed: Protobuf parsing failed"),
+            None
+        );
+    }
+
+    #[test]
+    fn capture_is_for_the_unet_on_a_device_only() {
+        let mut config = RuntimeConfig {
+            cuda_graph: true,
+            ..RuntimeConfig::default()
+        };
+        config.providers.provider = Provider::Cuda;
+        config.per_component.insert(
+            "vae_decoder".into(),
+            ProviderChoice {
+                provider: Provider::Cpu,
+                ..ProviderChoice::default()
+            },
+        );
+        assert!(config.captures("unet"));
+        assert!(!config.captures("text_encoder"));
+        assert!(!config.captures("vae_decoder"));
+        config.per_component.insert(
+            "unet".into(),
+            ProviderChoice {
+                provider: Provider::DirectMl,
+                ..ProviderChoice::default()
+            },
+        );
+        assert!(!config.captures("unet"));
+        config.per_component.remove("unet");
+        config.cuda_graph = false;
+        assert!(!config.captures("unet"));
+    }
+}
