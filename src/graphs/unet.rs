@@ -215,6 +215,8 @@ impl Unet {
     ///
     /// When the previous binding had the same shapes its buffers are kept and only the constants are refilled:
     /// nothing is reallocated between generations, and a captured device graph stays valid.
+    ///
+    /// (Long on purpose: one ordered sequence of allocate, bind, stage, whose steps only make sense together.)
     pub fn bind(
         &mut self,
         context: &Array3<f32>,

@@ -13,7 +13,7 @@ use crate::profile::ModelProfile;
 use crate::schedulers::SchedulerKind;
 
 /// Tokens per prompt the CLIP text encoders take (and TensorRT profiles fix).
-pub const TOKENS: usize = 77;
+pub const TOKENS: usize = crate::tokenizer::MAX_LENGTH;
 
 /// How the prompt conditions the UNet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
