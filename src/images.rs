@@ -17,10 +17,16 @@ pub fn read(path: &Path) -> Result<DynamicImage> {
         path: path.to_path_buf(),
         source,
     })?;
-    let reader = reader.with_guessed_format().map_err(|source| Error::Read {
+    let mut reader = reader.with_guessed_format().map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })?;
+    // A small file can declare a huge image: refuse it from its header, before decoding allocates.
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(crate::pipeline::limits::MAX_INPUT_SIDE);
+    limits.max_image_height = Some(crate::pipeline::limits::MAX_INPUT_SIDE);
+    limits.max_alloc = Some(crate::pipeline::limits::MAX_INPUT_ALLOC);
+    reader.limits(limits);
     reader
         .decode()
         .map_err(|e| Error::Usage(format!("{}: cannot decode image ({e})", path.display())))
@@ -230,6 +236,20 @@ mod tests {
         let t = load_image(&p, 2, 1).unwrap();
         assert!((t[[0, 0, 0, 0]] - (2.0 * 200.0 / 255.0 - 1.0)).abs() < 1e-6);
         assert_eq!(read(&p).unwrap().dimensions(), (2, 1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A file whose header declares a huge image is refused before decoding allocates for it.
+    #[test]
+    fn oversized_inputs_are_refused_from_their_header() {
+        let dir = std::env::temp_dir().join(format!("sdonnx-huge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("wide.png");
+        image::RgbImage::new(crate::pipeline::limits::MAX_INPUT_SIDE + 1, 1)
+            .save(&p)
+            .unwrap();
+        let e = read(&p).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("wide.png: cannot decode image"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

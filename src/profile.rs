@@ -236,8 +236,14 @@ fn xl_conditioning(
 }
 
 /// The VAE's scaling factor and spatial factor, from its config or SD's values.
-fn vae_facts(vae_cfg: Option<&Value>) -> (Sourced<f32>, Sourced<usize>) {
+fn vae_facts(dir: &Path, vae_cfg: Option<&Value>) -> Result<(Sourced<f32>, Sourced<usize>)> {
     let vae_scaling_factor = match vae_cfg.and_then(|c| c["scaling_factor"].as_f64()) {
+        Some(v) if !(v.is_finite() && v > 0.0 && v < 1e6) => {
+            return Err(Error::model(
+                dir.join("vae_decoder").join("config.json"),
+                format!("scaling_factor {v} is not a positive number (SD's is 0.18215)"),
+            ));
+        }
         Some(v) => Sourced {
             value: v as f32,
             source: "vae_decoder/config.json scaling_factor".into(),
@@ -251,6 +257,15 @@ fn vae_facts(vae_cfg: Option<&Value>) -> (Sourced<f32>, Sourced<usize>) {
         .and_then(|c| c["block_out_channels"].as_array())
         .map(|a| a.len())
     {
+        // Stable Diffusion VAEs have 4 levels (factor 8); more than 7 is no image VAE and would overflow sizes.
+        Some(n) if n > 7 => {
+            return Err(Error::model(
+                dir.join("vae_decoder").join("config.json"),
+                format!(
+                    "block_out_channels has {n} levels (SD's VAE has 4); at most 7 are supported"
+                ),
+            ));
+        }
         Some(n) if n >= 1 => Sourced {
             value: 1 << (n - 1),
             source: "vae config.json block_out_channels".into(),
@@ -260,7 +275,7 @@ fn vae_facts(vae_cfg: Option<&Value>) -> (Sourced<f32>, Sourced<usize>) {
             source: "default (no VAE config.json)".into(),
         },
     };
-    (vae_scaling_factor, vae_factor)
+    Ok((vae_scaling_factor, vae_factor))
 }
 
 /// What the UNet's config (else its graph) says: the size multiple, latent channels, input channels.
@@ -281,6 +296,7 @@ fn unet_facts(
         .and_then(|c| c["block_out_channels"].as_array())
         .map(|a| a.len())
     {
+        // SD's UNets have 4 levels (SDXL 3); the clamp below keeps a nonsensical config from overflowing.
         Some(n) if n >= 1 => Some((n - 1, "unet/config.json block_out_channels".to_string())),
         _ => graph_facts.upsamplers.map(|n| {
             (
@@ -408,7 +424,7 @@ impl ModelProfile {
             .config
             .as_ref()
             .or(vae_encoder.as_ref().and_then(|c| c.config.as_ref()));
-        let (vae_scaling_factor, vae_factor) = vae_facts(vae_cfg);
+        let (vae_scaling_factor, vae_factor) = vae_facts(dir, vae_cfg)?;
         let (size_multiple, latent_channels, unet_in_channels) =
             unet_facts(&unet, vae_cfg, &vae_factor);
         let ucfg = unet.config.as_ref();
@@ -520,6 +536,31 @@ mod tests {
         assert_eq!(p.vae_factor.value, 4);
         // An unreadable UNet graph and no UNet config: only the VAE factor is known.
         assert_eq!(p.size_multiple.value, 4);
+        // Values no VAE has are refused naming the file.
+        for (cfg, want) in [
+            (
+                r#"{"scaling_factor": 0}"#,
+                "scaling_factor 0 is not a positive number",
+            ),
+            (
+                r#"{"scaling_factor": -1.5}"#,
+                "scaling_factor -1.5 is not a positive number",
+            ),
+            (
+                r#"{"block_out_channels": [1,1,1,1,1,1,1,1,1,1]}"#,
+                "block_out_channels has 10 levels",
+            ),
+        ] {
+            std::fs::write(tmp.join("vae_decoder/config.json"), cfg).unwrap();
+            let e = ModelProfile::load(&tmp)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.contains("vae_decoder/config.json: ") && e.contains(want),
+                "{e}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&tmp);
     }
 }

@@ -147,7 +147,7 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
             "note: this export samples its VAE latents inside the graph (`latent_sample`); the result cannot be reproduced exactly"
         );
     }
-    for w in &generated.warnings {
+    for w in generated.warnings.iter().chain(&runtime.take_warnings()) {
         eprintln!("warning: {w}");
     }
     let base = a

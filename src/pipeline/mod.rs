@@ -20,6 +20,7 @@ mod decode;
 mod denoise;
 pub mod family;
 mod latents;
+pub mod limits;
 pub mod request;
 mod sessions;
 

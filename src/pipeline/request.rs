@@ -7,6 +7,7 @@
 use crate::error::{Error, Result};
 use crate::images;
 use crate::pipeline::conditioning::PromptEmbeds;
+use crate::pipeline::limits;
 use crate::profile::ModelProfile;
 use crate::rng::RngKind;
 use crate::schedulers::{Scheduler, SchedulerKind};
@@ -261,6 +262,15 @@ fn init_size(
 fn check_size(profile: &ModelProfile, width: usize, height: usize) -> Result<()> {
     let m = &profile.size_multiple;
     for (field, v) in [("width", width), ("height", height)] {
+        if v > limits::MAX_SIDE {
+            return Err(invalid(
+                field,
+                format!(
+                    "{v} is more than sd-onnx's limit of {} pixels",
+                    limits::MAX_SIDE
+                ),
+            ));
+        }
         if v == 0 || !v.is_multiple_of(m.value) {
             return Err(invalid(
                 field,
@@ -270,6 +280,16 @@ fn check_size(profile: &ModelProfile, width: usize, height: usize) -> Result<()>
                 ),
             ));
         }
+    }
+    if width * height > limits::MAX_PIXELS {
+        return Err(invalid(
+            "width",
+            format!(
+                "{width} x height {height} is {:.1} megapixels, more than sd-onnx's limit of {:.1} (4096x4096)",
+                (width * height) as f64 / 1e6,
+                limits::MAX_PIXELS as f64 / 1e6
+            ),
+        ));
     }
     Ok(())
 }
@@ -283,8 +303,40 @@ impl Request {
         if self.steps == 0 {
             return Err(invalid("steps", "must be at least 1"));
         }
-        if self.batch == 0 {
-            return Err(invalid("batch", "must be at least 1"));
+        if self.batch == 0 || self.batch > limits::MAX_BATCH {
+            return Err(invalid(
+                "batch",
+                format!("{} is not between 1 and {}", self.batch, limits::MAX_BATCH),
+            ));
+        }
+        let f = profile.vae_factor.value;
+        let latent_pixels = self.batch * (self.width / f) * (self.height / f);
+        if latent_pixels > limits::MAX_LATENT_PIXELS {
+            return Err(invalid(
+                "batch",
+                format!(
+                    "{} at {}x{} is {latent_pixels} latent pixels, more than sd-onnx's limit of {} (64 images of \
+                     1024x1024): make fewer or smaller images per run",
+                    self.batch,
+                    self.width,
+                    self.height,
+                    limits::MAX_LATENT_PIXELS
+                ),
+            ));
+        }
+        // diffusers refuses more inference steps than training timesteps (set_timesteps' ValueError).
+        let trained = profile
+            .scheduler_config
+            .usize("num_train_timesteps", 1000)?;
+        if self.steps > trained {
+            return Err(invalid(
+                "steps",
+                format!(
+                    "{} is more than the scheduler's {trained} training timesteps (num_train_timesteps in \
+                     scheduler_config.json)",
+                    self.steps
+                ),
+            ));
         }
         if !(0.0..=1.0).contains(&self.guidance_rescale) {
             return Err(invalid(
@@ -295,7 +347,7 @@ impl Request {
         if !self.guidance.is_finite() {
             return Err(invalid(
                 "guidance",
-                format!("{} is not a number", self.guidance),
+                format!("{} is not a finite number", self.guidance),
             ));
         }
         if let Some(init) = &self.init {
@@ -460,8 +512,40 @@ mod tests {
         );
         assert!(with(&|i| i.height = Some(0)).starts_with("height 0"));
         assert_eq!(with(&|i| i.steps = Some(0)), "steps must be at least 1");
-        assert_eq!(with(&|i| i.batch = Some(0)), "batch must be at least 1");
+        assert_eq!(
+            with(&|i| i.batch = Some(0)),
+            "batch 0 is not between 1 and 64"
+        );
         assert!(with(&|i| i.guidance_rescale = Some(1.5)).starts_with("guidance_rescale 1.5"));
+        assert!(with(&|i| i.guidance_rescale = Some(f32::NAN)).starts_with("guidance_rescale NaN"));
+        assert_eq!(
+            with(&|i| i.guidance = Some(f32::NAN)),
+            "guidance NaN is not a finite number"
+        );
+        assert_eq!(
+            with(&|i| i.guidance = Some(f32::INFINITY)),
+            "guidance inf is not a finite number"
+        );
+        // Bounds that keep allocations sane, each naming its field and the limit.
+        assert!(
+            with(&|i| i.steps = Some(1_000_000_000))
+                .starts_with("steps 1000000000 is more than the scheduler's 1000")
+        );
+        assert_eq!(
+            with(&|i| i.batch = Some(1_000_000_000)),
+            "batch 1000000000 is not between 1 and 64"
+        );
+        assert!(
+            with(&|i| i.width = Some(100_000))
+                .starts_with("width 100000 is more than sd-onnx's limit of 8192")
+        );
+        let e = with(&|i| (i.width, i.height) = (Some(8192), Some(8192)));
+        assert!(
+            e.starts_with("width 8192 x height 8192 is 67.1 megapixels"),
+            "{e}"
+        );
+        let e = with(&|i| (i.width, i.height, i.batch) = (Some(2048), Some(2048), Some(64)));
+        assert!(e.starts_with("batch 64 at 2048x2048"), "{e}");
         let image = DynamicImage::new_rgb8(64, 64);
         let e = with(&|i| {
             i.init = Some(InitIntent {

@@ -74,6 +74,13 @@ pub(crate) fn source_stamp(graph: &Path) -> Option<String> {
     Some(format!("{}\n{}\n{mtime}", canon.display(), meta.len()))
 }
 
+/// Remove one entry's files (`.onnx`, `.data`, `.source`).
+pub(crate) fn remove_entry(graph: &Path) {
+    for ext in ["onnx", "data", "source"] {
+        let _ = std::fs::remove_file(graph.with_extension(ext));
+    }
+}
+
 /// Remove the cache entries (`.onnx`, `.data`, `.source`) whose source graph no longer exists or has changed
 /// since it was optimised. Entries without a `.source` record are left alone.
 pub fn prune_graph_cache(dir: &Path) {
@@ -91,9 +98,7 @@ pub fn prune_graph_cache(dir: &Path) {
         let source = recorded.lines().next().map(PathBuf::from);
         let current = source.as_deref().and_then(source_stamp);
         if current.as_deref() != Some(recorded.as_str()) {
-            for ext in ["onnx", "data", "source"] {
-                let _ = std::fs::remove_file(p.with_extension(ext));
-            }
+            remove_entry(&p);
         }
     }
 }

@@ -154,6 +154,8 @@ pub struct Runtime {
     pub threads: usize,
     /// How sessions are created.
     pub config: RuntimeConfig,
+    /// What went differently than configured (a cache that could not be used), shared by every clone.
+    warnings: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Runtime {
@@ -169,12 +171,16 @@ impl Runtime {
         let (env, version) = environment(&library.path)?;
         // ONNX Runtime's intra-op pool runs best on physical cores (hyper-threads share the FMA units).
         let threads = config.threads.unwrap_or_else(physical_cores);
+        if threads == 0 {
+            return Err(Error::Usage("--threads 0: must be at least 1".into()));
+        }
         let rt = Runtime {
             env,
             library,
             version,
             threads,
             config,
+            warnings: Arc::default(),
         };
         // Every provider asked for must exist in this library: say so now, not after the text encoder ran.
         let mut wanted = vec![rt.config.providers.provider];
@@ -203,6 +209,20 @@ impl Runtime {
             }
         }
         Ok(rt)
+    }
+
+    /// Warnings since the last call (each once): the cache is an optimisation, so a cache that cannot be
+    /// written or an entry that cannot be read is reported here and the run goes on without it.
+    pub fn take_warnings(&self) -> Vec<String> {
+        let mut w = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *w)
+    }
+
+    fn warn(&self, msg: String) {
+        let mut w = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        if !w.contains(&msg) {
+            w.push(msg);
+        }
     }
 
     /// What the loaded library was built with (`onnxruntime.get_available_providers()`).
@@ -287,6 +307,11 @@ impl Runtime {
     /// Registration failures are errors (never a silent CPU fallback). With the graph cache on, CPU sessions
     /// load a previously optimised graph.
     fn create(&self, spec: &SessionSpec, capture: bool) -> Result<Session> {
+        self.create_with(spec, capture, true)
+    }
+
+    /// `use_cache`: false after the cache failed once for this session (it is rebuilt without it).
+    fn create_with(&self, spec: &SessionSpec, capture: bool, use_cache: bool) -> Result<Session> {
         let component = &spec.component;
         let graph = &component.graph;
         let context = graph.display().to_string();
@@ -312,9 +337,21 @@ impl Runtime {
         // reloaded gave the plain graph's outputs).
         let cached = if choice.provider == Provider::Cpu
             && self.config.graph_cache
+            && use_cache
             && spec.overrides.is_empty()
         {
-            graph_cache_path(self, spec)
+            graph_cache_path(self, spec).filter(|path| {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let usable = std::fs::create_dir_all(dir).is_ok() && dir.is_dir();
+                if !usable {
+                    self.warn(format!(
+                        "graph cache {}: cannot be created; running without it (--cache-dir to use another, \
+                         --no-graph-cache to stop trying)",
+                        dir.display()
+                    ));
+                }
+                usable
+            })
         } else {
             None
         };
@@ -324,15 +361,25 @@ impl Runtime {
                 .map_err(Error::ort(format!("{context}: initializer `{name}`")))?;
         }
         match cached {
-            Some(path) if path.is_file() => builder
-                .with_optimization_level(GraphOptimizationLevel::Disable)
-                .map_err(Error::ort(&context))?
-                .commit_from_file(&path)
-                .map_err(Error::ort(path.display().to_string())),
-            Some(path) => {
-                if let Some(dir) = path.parent() {
-                    let _ = std::fs::create_dir_all(dir);
+            Some(path) if path.is_file() => {
+                let loaded = builder
+                    .with_optimization_level(GraphOptimizationLevel::Disable)
+                    .map_err(Error::ort(&context))?
+                    .commit_from_file(&path);
+                match loaded {
+                    Ok(session) => Ok(session),
+                    Err(e) => {
+                        // A damaged entry (truncated by a full disk, edited by hand): discard it and rebuild.
+                        cache::remove_entry(&path);
+                        self.warn(format!(
+                            "graph cache entry {} could not be loaded ({e}); rebuilt it",
+                            path.display()
+                        ));
+                        self.create_with(spec, capture, true)
+                    }
                 }
+            }
+            Some(path) => {
                 // The graph is written under a temporary name and renamed into place last, so a run that
                 // dies midway leaves no entry that a later run would load. Large initializers go to a data
                 // file with its final name (the graph refers to it by that name).
@@ -342,7 +389,7 @@ impl Runtime {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let session = builder
+                let written = builder
                     .with_optimization_level(GraphOptimizationLevel::All)
                     .map_err(Error::ort(&context))?
                     .with_config_entry(
@@ -357,8 +404,22 @@ impl Runtime {
                     .map_err(Error::ort(&context))?
                     .with_optimized_model_path(&tmp)
                     .map_err(Error::ort(&context))?
-                    .commit_from_file(graph)
-                    .map_err(Error::ort(&context))?;
+                    .commit_from_file(graph);
+                let session = match written {
+                    Ok(session) => session,
+                    Err(e) => {
+                        // Writing the entry may be what failed (a read-only or full cache): try once without
+                        // the cache; if the graph itself is at fault, that fails with the graph's own error.
+                        let _ = std::fs::remove_file(&tmp);
+                        let session = self.create_with(spec, capture, false)?;
+                        self.warn(format!(
+                            "graph cache {}: the optimised graph could not be written ({e}); running without \
+                             the cache",
+                            path.parent().unwrap_or(Path::new(".")).display()
+                        ));
+                        return Ok(session);
+                    }
+                };
                 if std::fs::rename(&tmp, &path).is_err() {
                     let _ = std::fs::remove_file(&tmp);
                 } else if let Some(stamp) = cache::source_stamp(graph) {

@@ -100,8 +100,12 @@ impl TrainSchedule {
         defaults: BetaDefaults,
     ) -> Result<Self, SchedulerError> {
         let n = config.usize("num_train_timesteps", 1000)?;
-        if n < 2 {
-            return Err(config_err("num_train_timesteps", "must be at least 2"));
+        // Real models train with 1000 (a few use up to 4000); the tables below are n long.
+        if !(2..=100_000).contains(&n) {
+            return Err(config_err(
+                "num_train_timesteps",
+                format!("{n} is not between 2 and 100000"),
+            ));
         }
         let betas: Vec<f32> = if let Some(trained) = config.opt_f64_list("trained_betas")? {
             if trained.len() != n {
@@ -114,7 +118,17 @@ impl TrainSchedule {
         } else {
             let start = config.f64("beta_start", defaults.start)?;
             let end = config.f64("beta_end", defaults.end)?;
-            match config.str("beta_schedule", defaults.schedule)? {
+            let schedule = config.str("beta_schedule", defaults.schedule)?;
+            let linear = matches!(schedule, "linear" | "scaled_linear");
+            if linear && !(start > 0.0 && start < end && end < 1.0) {
+                return Err(config_err(
+                    "beta_end",
+                    format!(
+                        "beta_start {start} and beta_end {end}: need 0 < beta_start < beta_end < 1"
+                    ),
+                ));
+            }
+            match schedule {
                 "linear" => torch_linspace_f32(start, end, n),
                 "scaled_linear" => torch_linspace_f32(start.sqrt(), end.sqrt(), n)
                     .iter()
@@ -460,6 +474,32 @@ mod tests {
         assert_eq!(v[0], 0.0);
         assert_eq!(v[24], 999.0);
         assert!((v[1] - 41.625).abs() < 1e-12);
+    }
+
+    /// Configs that would allocate without bound or give a meaningless schedule are refused by key.
+    #[test]
+    fn absurd_training_schedules_are_refused() {
+        let refuse = |json: serde_json::Value| {
+            let cfg = SchedulerConfig::from_json(json).unwrap_or_else(|e| panic!("{e}"));
+            TrainSchedule::from_config(&cfg, ZeroSnr::Accepted, BETAS_DDPM)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let e = refuse(serde_json::json!({"num_train_timesteps": 1_000_000_000u64}));
+        assert!(
+            e.contains("`num_train_timesteps`: 1000000000 is not between 2 and 100000"),
+            "{e}"
+        );
+        let e = refuse(
+            serde_json::json!({"beta_start": 0.02, "beta_end": 0.0001, "beta_schedule": "linear"}),
+        );
+        assert!(e.contains("need 0 < beta_start < beta_end < 1"), "{e}");
+        // The cosine schedule does not use beta_start/beta_end.
+        let e = refuse(
+            serde_json::json!({"beta_start": 0.5, "beta_end": 0.1, "beta_schedule": "squaredcos_cap_v2"}),
+        );
+        assert_eq!(e, "");
     }
 
     #[test]
