@@ -236,12 +236,54 @@ fn png_bytes(image: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Write to `<name>.<pid>.tmp` in the same folder, then rename; remove the temporary file on failure.
+/// Check, before any work, that `path` can be an output file: not a folder, in a folder that exists.
+/// `what` names it in the error (a flag).
+pub fn check_output_path(path: &Path, what: &str) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::Usage(format!(
+            "{what} {}: is a folder; give a file name",
+            path.display()
+        )));
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "{what} {}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Write `bytes` to `path` so that no partial file is ever left: to `.<name>.<pid>.tmp` in the same folder,
+/// then renamed over it. What is not a regular file is written through, never replaced: a symlink's target
+/// gets the atomic write, a device or FIFO (`/dev/null`) is written to directly.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let err = |source| Error::Write {
         path: path.to_path_buf(),
         source,
     };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            let target = std::fs::canonicalize(path).map_err(err)?;
+            return write_atomic(&target, bytes);
+        }
+        if meta.is_dir() {
+            return Err(err(std::io::Error::other("is a folder")));
+        }
+        if !meta.is_file() {
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(bytes))
+                .map_err(err);
+        }
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

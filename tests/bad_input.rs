@@ -233,3 +233,142 @@ fn caches_heal_themselves() {
     assert_eq!(String::from_utf8_lossy(&o.stderr), "");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Outputs are checked before the run (a missing folder, a folder as the file, the timings file's folder),
+/// special files are written through and never replaced, and flags are named as given.
+#[test]
+fn outputs_are_checked_first_and_special_files_kept() {
+    let dir = tmpdir("outputs");
+    let missing = dir.join("no/such/a.png");
+    refused(&t2i(&["--output", missing.to_str().unwrap()]), "the folder");
+    refused(&t2i(&["--output", dir.to_str().unwrap()]), "is a folder");
+    let img = dir.join("a.png");
+    let timings = dir.join("nope/t.json");
+    refused(
+        &t2i(&[
+            "--output",
+            img.to_str().unwrap(),
+            "--timings-json",
+            timings.to_str().unwrap(),
+        ]),
+        "--timings-json",
+    );
+    assert!(
+        !img.exists(),
+        "the image was written although the run was refused"
+    );
+    refused(
+        &t2i(&["--component-ep", "unet=bogus"]),
+        "--component-ep unet=bogus: the provider is one of",
+    );
+
+    // /dev/null stays a device; a symlink stays a symlink and its target gets the image.
+    let o = run(&t2i(&["--output", "/dev/null"]));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    let target = dir.join("target.png");
+    std::fs::write(&target, b"old").unwrap();
+    let link = dir.join("link.png");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let o = run(&t2i(&["--output", link.to_str().unwrap()]));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(std::fs::read(&target).unwrap().starts_with(b"\x89PNG"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A 10,000-word prompt warns in one short line, not with the whole cut text.
+#[test]
+fn long_prompts_warn_briefly() {
+    let dir = tmpdir("prompt");
+    let out = dir.join("p.png");
+    let prompt = "word ".repeat(10_000);
+    let o = run(&[
+        "txt2img",
+        "--model",
+        MODEL,
+        "--prompt",
+        &prompt,
+        "--steps",
+        "1",
+        "--seed",
+        "1",
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.len() < 300 && err.contains("words were cut"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Broken graph files are bad input (exit 2), named, and found before any denoising.
+#[test]
+fn broken_graph_files_are_bad_input() {
+    let dir = tmpdir("graphs");
+    let model = dir.join("m");
+    type Damage = fn(&std::path::Path);
+    let cases: [(&str, &str, Damage); 4] = [
+        ("onnx/sd-tiny-optimum", "unet/model.onnx", |p| {
+            std::fs::write(p, b"").unwrap()
+        }),
+        ("onnx/sd-tiny-optimum", "text_encoder/model.onnx", |p| {
+            std::fs::write(
+                p,
+                (0..4096u32)
+                    .map(|i| (i * 7919 % 251) as u8)
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap()
+        }),
+        ("onnx/sd-tiny-optimum", "vae_decoder/model.onnx", |p| {
+            let b = std::fs::read(p).unwrap();
+            std::fs::write(p, &b[..b.len() / 2]).unwrap()
+        }),
+        ("onnx/sd-tiny-fp16", "unet/model.onnx_data", |p| {
+            let b = std::fs::read(p).unwrap();
+            std::fs::write(p, &b[..b.len() / 2]).unwrap()
+        }),
+    ];
+    for (src, file, damage) in cases {
+        let _ = std::fs::remove_dir_all(&model);
+        common::copy_dir(std::path::Path::new(src), &model);
+        damage(&model.join(file));
+        let m = model.to_str().unwrap();
+        let component = file.split('/').next().unwrap();
+        for extra in [&[][..], &["--no-graph-cache"][..]] {
+            let mut args = vec![
+                "txt2img", "--model", m, "--prompt", "a", "--steps", "2", "--quiet",
+            ];
+            args.extend_from_slice(extra);
+            refused(
+                &args,
+                &format!("{component}/model.onnx: ONNX Runtime cannot load this {component} graph"),
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -202,7 +202,7 @@ fn writes_pngs_with_parameters_and_batch_suffixes() {
         );
         assert!(text.contains("Seed: 5, Size: 64x64"), "{text}");
     }
-    // Unwritable output: exit 1, and nothing (no temp file) left behind.
+    // An output folder that does not exist: refused before the run (exit 2), nothing (no temp file) left.
     let o = run(&t2i(
         MODEL,
         &[
@@ -212,7 +212,7 @@ fn writes_pngs_with_parameters_and_batch_suffixes() {
             d.join("missing/x.png").to_str().unwrap(),
         ],
     ));
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    expect_usage(&o, "does not exist");
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 2);
     let _ = std::fs::remove_dir_all(&d);
 }

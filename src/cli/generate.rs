@@ -6,7 +6,7 @@ use super::{load_runtime, ms, parse_rng};
 use sd_onnx::error::Result;
 use sd_onnx::graphs::EncoderOutput;
 use sd_onnx::images;
-use sd_onnx::output::{OutputFormat, a1111_parameters, write_image};
+use sd_onnx::output::{OutputFormat, a1111_parameters, check_output_path, encode, write_atomic};
 use sd_onnx::pipeline::{InitIntent, Intent, MemoryMode, Pipeline, Progress, resolve};
 use sd_onnx::profile::ModelProfile;
 use sd_onnx::schedulers::SchedulerKind;
@@ -94,9 +94,15 @@ fn progress_bar(show: bool) -> indicatif::ProgressBar {
 
 pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     let process_start = Instant::now();
-    // Cheap checks first, before anything is loaded.
+    // Cheap checks first, before anything is loaded: every output must be writable where it is asked for.
     if let Some(out) = &a.output {
         OutputFormat::from_path(out)?;
+        for i in 0..a.batch.min(sd_onnx::pipeline::limits::MAX_BATCH) {
+            check_output_path(&batch_path(out, i, a.batch), "--output")?;
+        }
+    }
+    if let Some(t) = &a.timings_json {
+        check_output_path(t, "--timings-json")?;
     }
     let intent = intent(&a, init)?;
     let profile = ModelProfile::load(&a.model)?;
@@ -153,10 +159,23 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     let base = a
         .output
         .unwrap_or_else(|| PathBuf::from(format!("sd-onnx-{seed}.png")));
+    // A batch is all or nothing: every image is encoded first, and if one cannot be written, the ones written
+    // before it are removed again.
+    let mut files = Vec::with_capacity(generated.images.len());
     for (i, img) in generated.images.iter().enumerate() {
         let path = batch_path(&base, i, batch);
-        write_image(&path, img, &params)?;
-        if !a.quiet {
+        files.push((encode(img, OutputFormat::from_path(&path)?, &params)?, path));
+    }
+    for (i, (bytes, path)) in files.iter().enumerate() {
+        if let Err(e) = write_atomic(path, bytes) {
+            for (_, written) in &files[..i] {
+                let _ = std::fs::remove_file(written);
+            }
+            return Err(e);
+        }
+    }
+    if !a.quiet {
+        for (_, path) in &files {
             println!("{}", path.display());
         }
     }
@@ -181,7 +200,7 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
             "scheduler_ms": ms(t.scheduler.iter().sum()),
             "guidance_ms": ms(t.guidance.iter().sum()),
         });
-        sd_onnx::output::write_atomic(path, report.to_string().as_bytes())?;
+        write_atomic(path, report.to_string().as_bytes())?;
     }
     Ok(())
 }

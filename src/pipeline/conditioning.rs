@@ -56,11 +56,23 @@ impl Tokenizers {
 fn tokenize(tok: &ClipTokenizer, text: &str, warnings: &mut Vec<String>) -> Result<Vec<i64>> {
     let enc = tok.encode(text)?;
     if let Some(cut) = enc.truncated {
-        warnings.push(format!(
-            "prompt longer than 77 CLIP tokens; this part was cut: \"{cut}\""
-        ));
+        warnings.push(truncation_warning(&cut));
     }
     Ok(enc.ids)
+}
+
+/// What was cut from a long prompt, itself cut to its first 80 characters (a 10,000-word prompt is one
+/// line, not 69 KB).
+pub(crate) fn truncation_warning(cut: &str) -> String {
+    const SHOWN: usize = 80;
+    let words = cut.split_whitespace().count();
+    match cut.char_indices().nth(SHOWN) {
+        None => format!("prompt longer than 77 CLIP tokens; this part was cut: \"{cut}\""),
+        Some((at, _)) => format!(
+            "prompt longer than 77 CLIP tokens; {words} words were cut, starting \"{}...\"",
+            &cut[..at]
+        ),
+    }
 }
 
 /// One text through the family's encoders: (hidden states, pooled projection for SDXL).
@@ -244,4 +256,19 @@ pub fn guidance_scale_embedding(w: f32, dim: usize, batch: usize) -> Array2<f32>
         row[half + i] = x.cos();
     }
     Array2::from_shape_fn((batch, dim), |(_, j)| row[j])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_cuts_are_summarised() {
+        let short = super::truncation_warning("a red cube");
+        assert!(
+            short.ends_with("this part was cut: \"a red cube\""),
+            "{short}"
+        );
+        let long = super::truncation_warning(&"word ".repeat(10_000));
+        assert!(long.len() < 200, "{long}");
+        assert!(long.contains("10000 words were cut"), "{long}");
+    }
 }

@@ -321,6 +321,10 @@ impl Runtime {
             .with_intra_threads(self.threads)
             .map_err(Error::ort(&context))?
             .with_memory_pattern(!self.config.low_memory)
+            .map_err(Error::ort(&context))?
+            // ONNX Runtime's own log lines are not shown: every failure it logs also comes back as a status,
+            // which our error reports once, naming the graph.
+            .with_log_level(ort::logging::LogLevel::Fatal)
             .map_err(Error::ort(&context))?;
         if let Some(d) = providers::dispatch(&self.config, component.name, &choice, capture)? {
             builder = builder.with_execution_providers([d]).map_err(|e| {
@@ -436,7 +440,37 @@ impl Runtime {
                 .with_optimization_level(GraphOptimizationLevel::All)
                 .map_err(Error::ort(&context))?
                 .commit_from_file(graph)
-                .map_err(Error::ort(&context)),
+                .map_err(|e| load_error(component, choice.provider, e)),
+        }
+    }
+}
+
+/// ONNX Runtime could not create a session from a user's graph. On the CPU provider that is the file's fault
+/// (truncated, empty or not ONNX, missing or short external data, an operator this runtime lacks): a model
+/// error, exit code 2, naming the graph. On a GPU provider, device and engine failures stay runtime failures.
+fn load_error(component: &Component, provider: Provider, e: ort::Error) -> Error {
+    use ort::error::ErrorCode as C;
+    let file_fault = matches!(
+        e.code(),
+        C::InvalidProtobuf
+            | C::InvalidGraph
+            | C::NoSuchFile
+            | C::NoModel
+            | C::NotImplemented
+            | C::InvalidArgument
+    ) || (provider == Provider::Cpu && e.code() == C::GenericFailure);
+    if file_fault {
+        Error::model(
+            &component.graph,
+            format!(
+                "ONNX Runtime cannot load this {} graph: {e}",
+                component.name
+            ),
+        )
+    } else {
+        Error::Ort {
+            context: component.graph.display().to_string(),
+            msg: e.to_string(),
         }
     }
 }

@@ -309,7 +309,12 @@ impl RuntimeConfig {
                     COMPONENTS.join(", ")
                 )));
             }
-            let provider = Provider::parse(ep)?;
+            let provider = Provider::parse(ep).map_err(|_| {
+                Error::Usage(format!(
+                    "--component-ep {spec}: the provider is one of {}",
+                    Provider::NAMES
+                ))
+            })?;
             let options = if provider == providers.provider {
                 providers.options.clone()
             } else {
