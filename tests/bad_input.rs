@@ -35,6 +35,15 @@ fn tmpdir(tag: &str) -> PathBuf {
     d
 }
 
+fn succeeded(o: &Output) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Exit 2, one line on stderr containing `needle`, nothing written to `out`.
 fn refused(args: &[&str], needle: &str) {
     let o = run(args);
@@ -190,12 +199,7 @@ fn caches_heal_themselves() {
         .args(args(first.to_str().unwrap()))
         .output()
         .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    succeeded(&o);
     // Truncate every cached graph, as a full disk or a killed copy would.
     let mut damaged = 0;
     for e in std::fs::read_dir(cache.join("graphs"))
@@ -264,12 +268,7 @@ fn outputs_are_checked_first_and_special_files_kept() {
 
     // /dev/null stays a device; a symlink stays a symlink and its target gets the image.
     let o = run(&t2i(&["--output", "/dev/null"]));
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    succeeded(&o);
     use std::os::unix::fs::FileTypeExt;
     assert!(
         std::fs::metadata("/dev/null")
@@ -282,12 +281,7 @@ fn outputs_are_checked_first_and_special_files_kept() {
     let link = dir.join("link.png");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let o = run(&t2i(&["--output", link.to_str().unwrap()]));
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    succeeded(&o);
     assert!(
         std::fs::symlink_metadata(&link)
             .unwrap()
