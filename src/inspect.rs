@@ -41,6 +41,8 @@ pub struct Report {
     pub pad: Option<(String, i64)>,
     /// Things that will not work, said plainly.
     pub problems: Vec<String>,
+    /// A graph or the tokenizer cannot be used at all: nothing can be generated from this folder.
+    pub unusable: bool,
 }
 
 /// Diagnose `profile`'s folder, opening each graph with `runtime` when it loaded (its error is a problem).
@@ -55,17 +57,37 @@ pub fn inspect(profile: ModelProfile, runtime: crate::Result<Runtime>) -> Report
         comps.push(e);
     }
     let mut components = Vec::new();
+    let mut unusable = false;
     for c in comps {
         let graph = match &runtime {
             Ok(rt) => match Graph::load(rt, c) {
                 Ok(g) => Some(g),
                 Err(e) => {
                     problems.push(format!("{}: does not load: {e}", c.name));
+                    unusable = true;
                     None
                 }
             },
             Err(_) => None,
         };
+        if let Some(g) = &graph {
+            let missing: Vec<&str> = required_inputs(c.name)
+                .iter()
+                .copied()
+                .filter(|n| !g.inputs.iter().any(|p| p.name == *n))
+                .collect();
+            if !missing.is_empty() {
+                let have: Vec<&str> = g.inputs.iter().map(|p| p.name.as_str()).collect();
+                problems.push(format!(
+                    "{}: lacks input(s) {} (it has {}): not a {} graph",
+                    c.name,
+                    missing.join(", "),
+                    have.join(", "),
+                    c.name
+                ));
+                unusable = true;
+            }
+        }
         if c.name == "vae_encoder"
             && let Some(g) = &graph
             && g.outputs.iter().any(|o| o.name == "latent_sample")
@@ -112,6 +134,7 @@ pub fn inspect(profile: ModelProfile, runtime: crate::Result<Runtime>) -> Report
         }
         Err(e) => {
             problems.push(format!("tokenizer: {e}"));
+            unusable = true;
             None
         }
     };
@@ -127,6 +150,18 @@ pub fn inspect(profile: ModelProfile, runtime: crate::Result<Runtime>) -> Report
         components,
         pad,
         problems,
+        unusable,
+    }
+}
+
+/// The inputs a component's graph must have (what the pipeline feeds it by name).
+fn required_inputs(component: &str) -> &'static [&'static str] {
+    match component {
+        "text_encoder" | "text_encoder_2" => &["input_ids"],
+        "unet" => &["sample", "timestep", "encoder_hidden_states"],
+        "vae_decoder" => &["latent_sample"],
+        "vae_encoder" => &["sample"],
+        _ => &[],
     }
 }
 

@@ -80,6 +80,11 @@ impl ClipTokenizer {
         })
     }
 
+    /// The largest id the tokenizer can produce (the text encoder's embedding table must be larger).
+    pub fn max_id(&self) -> i64 {
+        self.vocab.keys().max().map_or(0, |&k| k as i64)
+    }
+
     /// The pad token and its id.
     pub fn pad_token(&self) -> (&str, i64) {
         (&self.pad_token, self.pad)
@@ -131,6 +136,20 @@ fn build_bpe(vocab: &Path, merges: &Path) -> Result<Tokenizer> {
                 "missing (a tokenizer needs tokenizer.json, or vocab.json and merges.txt)",
             ));
         }
+    }
+    // An empty merges file gives character-level ids without any error from the BPE: refuse it.
+    let has_merges = std::fs::read_to_string(merges)
+        .map_err(|source| Error::Read {
+            path: merges.to_path_buf(),
+            source,
+        })?
+        .lines()
+        .any(|l| !l.starts_with("#version") && l.split_whitespace().count() == 2);
+    if !has_merges {
+        return Err(Error::model(
+            merges,
+            "has no merges (a CLIP tokenizer's merges.txt has ~48,900 `a b` lines)",
+        ));
     }
     let bpe = BPE::from_file(&path_str(vocab), &path_str(merges))
         .end_of_word_suffix("</w>".into())

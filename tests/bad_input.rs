@@ -366,3 +366,64 @@ fn broken_graph_files_are_bad_input() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Tokenizers that would silently give wrong ids, and a graph in the wrong place, are refused naming the file;
+/// `inspect` reports a folder nothing can run from and exits 2.
+#[test]
+fn wrong_tokenizers_and_misplaced_graphs_are_named() {
+    let dir = tmpdir("tok");
+    let model = dir.join("m");
+    let fresh = || {
+        let _ = std::fs::remove_dir_all(&model);
+        common::copy_dir(std::path::Path::new("onnx/sd-tiny-convert"), &model);
+    };
+    let m = model.to_str().unwrap().to_string();
+    fresh();
+    std::fs::write(model.join("tokenizer/merges.txt"), "#version: 0.2\n").unwrap();
+    refused(
+        &[
+            "txt2img", "--model", &m, "--prompt", "a", "--steps", "1", "--quiet",
+        ],
+        "merges.txt: has no merges",
+    );
+    // A text encoder whose embedding table is smaller than the tokenizer's ids.
+    let opt = dir.join("o");
+    common::copy_dir(std::path::Path::new(MODEL), &opt);
+    let cfg = opt.join("text_encoder/config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("\"vocab_size\": 49408", "\"vocab_size\": 1000"),
+    )
+    .unwrap();
+    refused(
+        &[
+            "txt2img",
+            "--model",
+            opt.to_str().unwrap(),
+            "--prompt",
+            "a",
+            "--steps",
+            "1",
+            "--quiet",
+        ],
+        "produces ids up to 49407 but text_encoder has a 1000-token embedding table",
+    );
+    // The VAE decoder's graph where the UNet should be: inspect says so and exits 2.
+    fresh();
+    std::fs::copy(
+        model.join("vae_decoder/model.onnx"),
+        model.join("unet/model.onnx"),
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(model.join("unet/weights.pb"));
+    let o = run(&["inspect", "--model", &m]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("unet: lacks input(s) sample, timestep, encoder_hidden_states"),
+        "{out}"
+    );
+    assert!(!out.contains("problems:   none found"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

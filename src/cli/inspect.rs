@@ -24,7 +24,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
-        return Ok(());
+        return verdict(&r);
     }
     println!("model:      {}", profile.dir.display());
     println!("layout:     {}", profile.layout.describe());
@@ -117,6 +117,17 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         for p in problems {
             println!("  - {p}");
         }
+    }
+    verdict(&r)
+}
+
+/// Exit 2 for a folder nothing can be generated from (the problems say why; this line says so).
+fn verdict(r: &sd_onnx::inspect::Report) -> Result<()> {
+    if r.unusable {
+        return Err(sd_onnx::Error::Model {
+            path: r.profile.dir.clone(),
+            msg: "cannot be run as it is: see the problems listed above".into(),
+        });
     }
     Ok(())
 }

@@ -43,13 +43,42 @@ pub(crate) struct Tokenizers {
 
 impl Tokenizers {
     pub(crate) fn load(profile: &ModelProfile) -> Result<Self> {
-        Ok(Tokenizers {
-            first: ClipTokenizer::from_dir(&profile.tokenizer_dir)?,
-            second: match &profile.xl {
-                Some(xl) => Some(ClipTokenizer::from_dir(&xl.tokenizer_2_dir)?),
-                None => None,
-            },
-        })
+        let first = ClipTokenizer::from_dir(&profile.tokenizer_dir)?;
+        fits(&first, &profile.tokenizer_dir, &profile.text_encoder)?;
+        let second = match &profile.xl {
+            Some(xl) => {
+                let t = ClipTokenizer::from_dir(&xl.tokenizer_2_dir)?;
+                fits(&t, &xl.tokenizer_2_dir, &xl.text_encoder_2)?;
+                Some(t)
+            }
+            None => None,
+        };
+        Ok(Tokenizers { first, second })
+    }
+}
+
+/// Every id the tokenizer produces must index the encoder's embedding table (`vocab_size` in its config), or
+/// ONNX Runtime fails inside the graph on the first prompt that uses one.
+fn fits(
+    tok: &ClipTokenizer,
+    dir: &std::path::Path,
+    encoder: &crate::profile::Component,
+) -> Result<()> {
+    let table = encoder
+        .config
+        .as_ref()
+        .and_then(|c| c["vocab_size"].as_u64());
+    match table {
+        Some(n) if tok.max_id() >= n as i64 => Err(Error::model(
+            dir,
+            format!(
+                "produces ids up to {} but {} has a {n}-token embedding table (vocab_size): the tokenizer is not \
+                 this encoder's",
+                tok.max_id(),
+                encoder.name
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
