@@ -39,8 +39,8 @@ WORK = Path(os.environ.get("WORK", "/work/train"))
 FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 AUG_PER_EMOJI = 8
 HOLDOUT = ["unicorn face", "dragon face", "t-rex", "sauropod", "flamingo", "lobster"]
-VAE_STEPS = int(os.environ.get("VAE_STEPS", 2500))
-UNET_STEPS = int(os.environ.get("UNET_STEPS", 60000))
+VAE_STEPS = int(os.environ.get("VAE_STEPS", 1200))
+UNET_STEPS = int(os.environ.get("UNET_STEPS", 20000))
 CKPT_EVERY_S = 600
 TEXT_WIDTH = 48
 
