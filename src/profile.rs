@@ -278,6 +278,31 @@ fn vae_facts(dir: &Path, vae_cfg: Option<&Value>) -> Result<(Sourced<f32>, Sourc
     Ok((vae_scaling_factor, vae_factor))
 }
 
+/// The UNet attends to the text encoders' hidden states: its `cross_attention_dim` must be their width (SDXL:
+/// both widths side by side), or a UNet from another model fails at its first step inside ONNX Runtime.
+fn check_text_width(unet: &Component, te: &Component, xl: Option<&XlConditioning>) -> Result<()> {
+    let get = |c: &Component, key: &str| c.config.as_ref().and_then(|v| v[key].as_u64());
+    let (Some(cross), Some(w1)) = (get(unet, "cross_attention_dim"), get(te, "hidden_size")) else {
+        return Ok(());
+    };
+    let width = match xl {
+        None => Some(w1),
+        Some(x) => get(&x.text_encoder_2, "hidden_size").map(|w2| w1 + w2),
+    };
+    match width {
+        Some(w) if w != cross => Err(Error::model(
+            &unet.graph,
+            format!(
+                "attends to {cross}-wide text (unet/config.json cross_attention_dim) but the text encoder{} give{} \
+                 {w}: the UNet and the text encoder come from different models",
+                if xl.is_some() { "s" } else { "" },
+                if xl.is_some() { "" } else { "s" },
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What the UNet's config (else its graph) says: the size multiple, latent channels, input channels.
 fn unet_facts(
     unet: &Component,
@@ -425,6 +450,7 @@ impl ModelProfile {
             .as_ref()
             .or(vae_encoder.as_ref().and_then(|c| c.config.as_ref()));
         let (vae_scaling_factor, vae_factor) = vae_facts(dir, vae_cfg)?;
+        check_text_width(&unet, &text_encoder, xl.as_ref())?;
         let (size_multiple, latent_channels, unet_in_channels) =
             unet_facts(&unet, vae_cfg, &vae_factor);
         let ucfg = unet.config.as_ref();

@@ -427,3 +427,42 @@ fn wrong_tokenizers_and_misplaced_graphs_are_named() {
     assert!(!out.contains("problems:   none found"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Messages blame what the user can change: the step count (not the folder's steps_offset), the missing
+/// scheduler folder, a UNet from another model; negative guidance is a number, not an unknown argument.
+#[test]
+fn messages_blame_the_right_thing() {
+    refused(
+        &t2i(&["--steps", "1000"]),
+        "with 1000 steps puts timesteps outside 0..1000: use fewer steps",
+    );
+    let o = run(&t2i(&["--guidance", "-3", "--output", "/dev/null"]));
+    succeeded(&o);
+    let dir = tmpdir("blame");
+    let model = dir.join("m");
+    common::copy_dir(std::path::Path::new(MODEL), &model);
+    std::fs::remove_dir_all(model.join("scheduler")).unwrap();
+    let m = model.to_str().unwrap();
+    refused(
+        &[
+            "txt2img", "--model", m, "--prompt", "a", "--steps", "1", "--quiet",
+        ],
+        "--scheduler is needed: the folder has no scheduler/scheduler_config.json",
+    );
+    let _ = std::fs::remove_dir_all(&model);
+    common::copy_dir(std::path::Path::new(MODEL), &model);
+    let cfg = model.join("unet/config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("\"cross_attention_dim\": 16", "\"cross_attention_dim\": 32"),
+    )
+    .unwrap();
+    refused(
+        &[
+            "txt2img", "--model", m, "--prompt", "a", "--steps", "1", "--quiet",
+        ],
+        "unet/model.onnx: attends to 32-wide text",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

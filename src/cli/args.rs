@@ -111,7 +111,7 @@ pub struct Txt2ImgArgs {
     pub steps: Option<usize>,
     /// Guidance scale (default 7.5; 5 for SDXL, 8.5 for LCM models). Classifier-free: 1 or less skips the unconditional
     /// pass; LCM models take it as an embedding instead.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
     /// diffusers' guidance_rescale, 0 to 1 (0 = off): for zero-terminal-SNR models, 0.7 is the paper's value.
     #[arg(long, default_value_t = 0.0)]

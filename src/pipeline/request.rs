@@ -148,13 +148,16 @@ pub fn resolve(profile: &ModelProfile, intent: Intent) -> Result<Plan> {
     let scheduler = match (intent.scheduler, profile.default_scheduler) {
         (Some(k), _) | (None, Some(k)) => k,
         (None, None) => {
+            let why = match &profile.scheduler_class {
+                None => {
+                    "the folder has no scheduler/scheduler_config.json naming a scheduler class"
+                        .to_string()
+                }
+                Some(c) => format!("the folder's scheduler class {c} is not one we port"),
+            };
             return Err(invalid(
                 "scheduler",
-                format!(
-                    "is needed: {}/scheduler/scheduler_config.json names no scheduler class we port ({})",
-                    profile.dir.display(),
-                    SchedulerKind::names().join(", ")
-                ),
+                format!("is needed: {why} ({})", SchedulerKind::names().join(", ")),
             ));
         }
     };

@@ -7,6 +7,7 @@ use super::schedule::{
     sigma_to_t, spacing_err,
 };
 use super::{Latents, Prediction, SchedulerConfig, SchedulerError, config_err};
+use crate::schedulers::schedule::steps_offset_err;
 
 /// What the last sigma is after the schedule's own ones.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -103,10 +104,7 @@ impl MultistepSchedule {
             final_kind = karras_last;
         } else {
             if ts.iter().any(|&t| t < 0 || t >= n as i64) {
-                return Err(config_err(
-                    "steps_offset",
-                    format!("puts timesteps outside 0..{n}"),
-                ));
+                return Err(steps_offset_err(n, steps));
             }
             sigmas = ts.iter().map(|&t| interp_index(t as f64, &all)).collect();
             final_kind = last;

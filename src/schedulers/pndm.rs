@@ -5,6 +5,7 @@
 use super::schedule::{BETAS_DDPM, TrainSchedule, ZeroSnr, spaced_timesteps_int};
 use super::{Latents, Prediction, Scheduler, SchedulerConfig, SchedulerError, config_err};
 use crate::rng::NoiseSource;
+use crate::schedulers::schedule::steps_offset_err;
 
 pub struct Pndm {
     alphas_cumprod: Vec<f32>,
@@ -47,10 +48,7 @@ impl Pndm {
         let step_ratio = (n / steps) as i64;
         let max_t = plms.iter().copied().max().unwrap_or(0) + step_ratio;
         if plms.iter().any(|&t| t < 0) || plms[0] >= n as i64 || max_t > n as i64 + step_ratio {
-            return Err(config_err(
-                "steps_offset",
-                format!("puts timesteps outside 0..{n}"),
-            ));
+            return Err(steps_offset_err(n, steps));
         }
         let final_alpha_cumprod = if config.bool("set_alpha_to_one", false)? {
             1.0

@@ -4,6 +4,17 @@
 
 use super::{SchedulerConfig, SchedulerError, config_err};
 
+/// The schedule's timesteps (spacing + `steps_offset`) fall outside the training range: say how many steps fit.
+pub(crate) fn steps_offset_err(n: usize, steps: usize) -> SchedulerError {
+    config_err(
+        "steps_offset",
+        format!(
+            "with {steps} steps puts timesteps outside 0..{n}: use fewer steps (at most {})",
+            n - 1
+        ),
+    )
+}
+
 /// `torch.linspace(start, end, steps, dtype=float32)` as ATen computes it: from both ends towards the middle.
 pub fn torch_linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
     let (s, e) = (start as f32, end as f32);
@@ -286,10 +297,7 @@ pub fn spaced_timesteps_int(
         other => return Err(spacing_err(other)),
     };
     if ts.iter().any(|&t| t < 0 || t >= n as i64) {
-        return Err(config_err(
-            "steps_offset",
-            format!("puts timesteps outside 0..{n}"),
-        ));
+        return Err(steps_offset_err(n, steps));
     }
     Ok(ts)
 }
@@ -683,10 +691,7 @@ impl SigmaSchedule {
         let n = train.num_train_timesteps;
         let mut timesteps = spaced_timesteps_float(config, n, steps, "linspace")?;
         if timesteps.iter().any(|&t| t < 0.0 || t > (n - 1) as f64) {
-            return Err(config_err(
-                "steps_offset",
-                format!("puts timesteps outside 0..{n}"),
-            ));
+            return Err(steps_offset_err(n, steps));
         }
         let all = train.sigmas();
         let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp_index(t, &all)).collect();
