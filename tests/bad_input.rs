@@ -436,6 +436,11 @@ fn messages_blame_the_right_thing() {
         &t2i(&["--steps", "1000"]),
         "with 1000 steps puts timesteps outside 0..1000: use fewer steps",
     );
+    // A schedule the scheduler cannot do is refused, not ignored (issue 12).
+    refused(
+        &t2i(&["--scheduler", "ddim", "--karras"]),
+        "--karras does not apply to ddim (DDIMScheduler has no sigma schedule); schedulers with Karras sigmas: ",
+    );
     let o = run(&t2i(&["--guidance", "-3", "--output", "/dev/null"]));
     succeeded(&o);
     let dir = tmpdir("blame");

@@ -376,6 +376,22 @@ impl Request {
                 ),
             ));
         }
+        if self.karras && !self.scheduler.has_sigma_schedule() {
+            let can: Vec<&str> = SchedulerKind::all()
+                .map(|(k, n, _)| (k, n))
+                .filter(|(k, _)| k.has_sigma_schedule())
+                .map(|(_, n)| n)
+                .collect();
+            return Err(invalid(
+                "karras",
+                format!(
+                    "does not apply to {} ({} has no sigma schedule); schedulers with Karras sigmas: {}",
+                    self.scheduler.name(),
+                    self.scheduler.class_name(),
+                    can.join(", ")
+                ),
+            ));
+        }
         let mut config = profile.scheduler_config.clone();
         if self.karras {
             config.set("use_karras_sigmas", serde_json::Value::Bool(true));

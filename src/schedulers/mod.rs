@@ -278,6 +278,15 @@ impl SchedulerKind {
         )
     }
 
+    /// Whether the diffusers class spaces its sigmas by `use_karras_sigmas` and friends (PNDM, DDIM, DDPM and
+    /// LCM have no sigma schedule: `--karras` would change nothing).
+    pub fn has_sigma_schedule(self) -> bool {
+        !matches!(
+            self,
+            SchedulerKind::Pndm | SchedulerKind::Ddim | SchedulerKind::Ddpm | SchedulerKind::Lcm
+        )
+    }
+
     /// The name `--scheduler` takes.
     pub fn name(self) -> &'static str {
         ALL.iter().find(|e| e.0 == self).map_or("", |e| e.1)
