@@ -876,3 +876,42 @@ fn low_memory_and_graph_cache_give_the_same_image() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A1111's sampler names (and its combined "NAME Karras") give the image our names give (issue 12).
+#[test]
+fn a1111_sampler_names_are_accepted() {
+    let d = tmpdir("names");
+    let (a, b) = (d.join("a.png"), d.join("b.png"));
+    let o = run(&t2i(
+        MODEL,
+        &[
+            "--seed",
+            "3",
+            "--scheduler",
+            "DPM++ 2M Karras",
+            "--output",
+            a.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(&t2i(
+        MODEL,
+        &[
+            "--seed",
+            "3",
+            "--scheduler",
+            "dpm++2m",
+            "--karras",
+            "--output",
+            b.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+    assert!(
+        png_parameters(&a).contains("Sampler: DPM++ 2M, Schedule type: Karras"),
+        "{}",
+        png_parameters(&a)
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -116,7 +116,8 @@ pub struct Txt2ImgArgs {
     /// diffusers' guidance_rescale, 0 to 1 (0 = off): for zero-terminal-SNR models, 0.7 is the paper's value.
     #[arg(long, default_value_t = 0.0)]
     pub guidance_rescale: f32,
-    /// Scheduler, by the names `sd-onnx schedulers` lists (default: the class in scheduler_config.json).
+    /// Scheduler: the names `sd-onnx schedulers` lists, A1111's (`DPM++ 2M`, `Euler a`, `DPM++ 2M Karras`), the
+    /// `k_` aliases or sd.cpp's, any case (default: the class in scheduler_config.json).
     #[arg(long)]
     pub scheduler: Option<String>,
     /// Karras sigmas (use_karras_sigmas=True).

@@ -16,7 +16,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let start = Instant::now();
     let profile = ModelProfile::load(&a.model)?;
     let scheduler = match a.scheduler.as_deref() {
-        Some(n) => SchedulerKind::from_name(n)?,
+        Some(n) => SchedulerKind::parse_name(n)?.0,
         None => profile.default_scheduler.unwrap_or(SchedulerKind::Pndm),
     };
     let (dw, dh) = profile.default_size();

@@ -50,18 +50,20 @@ fn intent(a: &Txt2ImgArgs, init: Option<InitSpec>) -> Result<Intent> {
             strength: spec.strength,
         }),
     };
+    // "DPM++ 2M Karras" (A1111's combined form) asks for Karras sigmas too.
+    let named = a
+        .scheduler
+        .as_deref()
+        .map(SchedulerKind::parse_name)
+        .transpose()?;
     Ok(Intent {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
         steps: a.steps,
         guidance: a.guidance,
         guidance_rescale: Some(a.guidance_rescale),
-        scheduler: a
-            .scheduler
-            .as_deref()
-            .map(SchedulerKind::from_name)
-            .transpose()?,
-        karras: a.karras,
+        scheduler: named.map(|(k, _)| k),
+        karras: a.karras || named.is_some_and(|(_, karras)| karras),
         seed: a.seed.and_then(|s| s.0),
         rng: parse_rng(&a.rng)?,
         width: a.width,

@@ -42,8 +42,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::bench(a),
         Command::Schedulers => {
             for (kind, name, about) in SchedulerKind::all() {
-                println!("{name:<9} {:<34} {about}", kind.class_name());
+                println!("{name:<12} {:<33} {about}", kind.class_name());
             }
+            // On stderr: stdout stays one scheduler per line for scripts.
+            eprintln!(
+                "\nAlso accepted, in any case: A1111's names (PLMS, Euler a, DPM++ 2M, DPM++ 2M SDE, DPM2 a, ...), \
+                 the k_ aliases (k_euler_a, k_dpmpp_2m, ...), sd.cpp's (euler_a, dpm2, ...), and NAME Karras."
+            );
             Ok(())
         }
     };

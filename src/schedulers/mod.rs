@@ -240,10 +240,54 @@ impl SchedulerKind {
 
     /// By the name `--scheduler` takes.
     pub fn from_name(name: &str) -> Result<Self, SchedulerError> {
-        ALL.iter()
-            .find(|e| e.1 == name)
-            .map(|e| e.0)
+        match Self::parse_name(name)? {
+            (kind, false) => Ok(kind),
+            (_, true) => Err(SchedulerError::UnknownName(name.to_string())),
+        }
+    }
+
+    /// A scheduler by any name users bring: ours (`dpm++2m`), A1111's (`DPM++ 2M`, `Euler a`, `PLMS`), the
+    /// k-diffusion/A1111 API aliases (`k_euler_a`, `dpmpp_2m`), stable-diffusion.cpp's (`euler_a`, `dpm2`),
+    /// case-insensitively, ignoring spaces, `_`, `-` and `.`; with A1111's old combined form `NAME Karras`, which
+    /// returns `true` (Karras sigmas asked for).
+    pub fn parse_name(name: &str) -> Result<(Self, bool), SchedulerError> {
+        let mut n: String = name
+            .to_lowercase()
+            .replace("++", "pp")
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '_' | '-' | '.'))
+            .collect();
+        let karras = n.len() > "karras".len() && n.ends_with("karras");
+        if karras {
+            n.truncate(n.len() - "karras".len());
+        }
+        let base = n
+            .strip_prefix('k')
+            .filter(|b| Self::by_alias(b).is_some())
+            .unwrap_or(&n);
+        Self::by_alias(base)
+            .map(|k| (k, karras))
             .ok_or_else(|| SchedulerError::UnknownName(name.to_string()))
+    }
+
+    fn by_alias(n: &str) -> Option<Self> {
+        Some(match n {
+            "pndm" | "plms" => SchedulerKind::Pndm,
+            "ddim" => SchedulerKind::Ddim,
+            "ddpm" => SchedulerKind::Ddpm,
+            "lms" => SchedulerKind::Lms,
+            "euler" => SchedulerKind::Euler,
+            "eulera" | "eulerancestral" => SchedulerKind::EulerAncestral,
+            "heun" => SchedulerKind::Heun,
+            "dpmpp2m" | "dpmsolvermultistep" => SchedulerKind::DpmPp2m,
+            "dpmpp2msde" => SchedulerKind::DpmPp2mSde,
+            "unipc" => SchedulerKind::UniPc,
+            "dpm2" => SchedulerKind::Kdpm2,
+            "dpm2a" | "dpm2ancestral" => SchedulerKind::Kdpm2Ancestral,
+            "deis" => SchedulerKind::Deis,
+            "lcm" => SchedulerKind::Lcm,
+            _ => return None,
+        })
     }
 
     /// By diffusers' class name (scheduler_config.json `_class_name`).
@@ -389,6 +433,45 @@ pub(crate) fn noise_like(like: &Latents, noise: &mut dyn NoiseSource) -> Latents
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every name a user brings finds its scheduler: ours, A1111's, the API aliases, sd.cpp's, any case; the
+    /// combined "NAME Karras" form asks for Karras sigmas.
+    #[test]
+    fn names_from_a1111_sdcpp_and_aliases_resolve() {
+        for (kind, name, _) in SchedulerKind::all() {
+            assert_eq!(
+                SchedulerKind::parse_name(name).ok(),
+                Some((kind, false)),
+                "{name}"
+            );
+        }
+        let cases = [
+            ("DPM++ 2M", SchedulerKind::DpmPp2m, false),
+            ("DPM++ 2M Karras", SchedulerKind::DpmPp2m, true),
+            ("dpmpp_2m", SchedulerKind::DpmPp2m, false),
+            ("k_dpmpp_2m_sde", SchedulerKind::DpmPp2mSde, false),
+            ("Euler a", SchedulerKind::EulerAncestral, false),
+            ("euler_a", SchedulerKind::EulerAncestral, false),
+            ("k_euler_ancestral", SchedulerKind::EulerAncestral, false),
+            ("K_EULER", SchedulerKind::Euler, false),
+            ("PLMS", SchedulerKind::Pndm, false),
+            ("DPM2 a Karras", SchedulerKind::Kdpm2Ancestral, true),
+            ("k_dpm_2", SchedulerKind::Kdpm2, false),
+            ("k_lms", SchedulerKind::Lms, false),
+            ("UniPC", SchedulerKind::UniPc, false),
+            ("LCM", SchedulerKind::Lcm, false),
+        ];
+        for (name, kind, karras) in cases {
+            assert_eq!(
+                SchedulerKind::parse_name(name).ok(),
+                Some((kind, karras)),
+                "{name}"
+            );
+        }
+        for bad in ["heunx", "karras", "dpm++ 2s a", ""] {
+            assert!(SchedulerKind::parse_name(bad).is_err(), "{bad}");
+        }
+    }
 
     fn cfg(v: serde_json::Value) -> SchedulerConfig {
         SchedulerConfig::from_json(v).unwrap()
