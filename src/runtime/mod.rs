@@ -383,65 +383,76 @@ impl Runtime {
                     }
                 }
             }
-            Some(path) => {
-                // The graph is written under a temporary name and renamed into place last, so a run that
-                // dies midway leaves no entry that a later run would load. Large initializers go to a data
-                // file with its final name (the graph refers to it by that name).
-                let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-                let external = path
-                    .with_extension("data")
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let written = builder
-                    .with_optimization_level(GraphOptimizationLevel::All)
-                    .map_err(Error::ort(&context))?
-                    .with_config_entry(
-                        "session.optimized_model_external_initializers_file_name",
-                        &external,
-                    )
-                    .map_err(Error::ort(&context))?
-                    .with_config_entry(
-                        "session.optimized_model_external_initializers_min_size_in_bytes",
-                        "1024",
-                    )
-                    .map_err(Error::ort(&context))?
-                    .with_optimized_model_path(&tmp)
-                    .map_err(Error::ort(&context))?
-                    .commit_from_file(graph);
-                let session = match written {
-                    Ok(session) => session,
-                    Err(e) => {
-                        // Writing the entry may be what failed (a read-only or full cache): try once without
-                        // the cache; if the graph itself is at fault, that fails with the graph's own error.
-                        let _ = std::fs::remove_file(&tmp);
-                        let session = self.create_with(spec, capture, false)?;
-                        self.warn(format!(
-                            "graph cache {}: the optimised graph could not be written ({e}); running without \
-                             the cache",
-                            path.parent().unwrap_or(Path::new(".")).display()
-                        ));
-                        return Ok(session);
-                    }
-                };
-                if std::fs::rename(&tmp, &path).is_err() {
-                    let _ = std::fs::remove_file(&tmp);
-                } else if let Some(stamp) = cache::source_stamp(graph) {
-                    // Remember which graph this entry optimises, so that entries of graphs since moved,
-                    // deleted or re-exported are removed instead of piling up (they are as large as models).
-                    let _ = std::fs::write(path.with_extension("source"), stamp);
-                    if let Some(dir) = path.parent() {
-                        cache::prune_graph_cache(dir);
-                    }
-                }
-                Ok(session)
-            }
+            Some(path) => self.create_cached(builder, spec, capture, &path),
             None => builder
                 .with_optimization_level(GraphOptimizationLevel::All)
                 .map_err(Error::ort(&context))?
                 .commit_from_file(graph)
                 .map_err(|e| load_error(component, choice.provider, e)),
         }
+    }
+
+    /// Optimise the graph and write the result as the cache entry `path`; if that fails, run without the cache.
+    fn create_cached(
+        &self,
+        builder: ort::session::builder::SessionBuilder,
+        spec: &SessionSpec,
+        capture: bool,
+        path: &Path,
+    ) -> Result<Session> {
+        let graph = &spec.component.graph;
+        let context = graph.display().to_string();
+        // The graph is written under a temporary name and renamed into place last, so a run that
+        // dies midway leaves no entry that a later run would load. Large initializers go to a data
+        // file with its final name (the graph refers to it by that name).
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        let external = path
+            .with_extension("data")
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let written = builder
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(Error::ort(&context))?
+            .with_config_entry(
+                "session.optimized_model_external_initializers_file_name",
+                &external,
+            )
+            .map_err(Error::ort(&context))?
+            .with_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes",
+                "1024",
+            )
+            .map_err(Error::ort(&context))?
+            .with_optimized_model_path(&tmp)
+            .map_err(Error::ort(&context))?
+            .commit_from_file(graph);
+        let session = match written {
+            Ok(session) => session,
+            Err(e) => {
+                // Writing the entry may be what failed (a read-only or full cache): try once without
+                // the cache; if the graph itself is at fault, that fails with the graph's own error.
+                let _ = std::fs::remove_file(&tmp);
+                let session = self.create_with(spec, capture, false)?;
+                self.warn(format!(
+                    "graph cache {}: the optimised graph could not be written ({e}); running without \
+                     the cache",
+                    path.parent().unwrap_or(Path::new(".")).display()
+                ));
+                return Ok(session);
+            }
+        };
+        if std::fs::rename(&tmp, path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        } else if let Some(stamp) = cache::source_stamp(graph) {
+            // Remember which graph this entry optimises, so that entries of graphs since moved,
+            // deleted or re-exported are removed instead of piling up (they are as large as models).
+            let _ = std::fs::write(path.with_extension("source"), stamp);
+            if let Some(dir) = path.parent() {
+                cache::prune_graph_cache(dir);
+            }
+        }
+        Ok(session)
     }
 }
 
