@@ -156,3 +156,38 @@ fn session_specs_override_initializers_and_key_the_cache() {
     assert_eq!(again, changed);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Progress counts inference steps as diffusers' bar does, not UNet calls: PLMS's repeated timestep and
+/// Heun's two calls per step are one tick; img2img counts `int(steps * strength)` (issue 12).
+#[test]
+fn progress_counts_the_steps_asked_for() {
+    use sd_onnx::schedulers::SchedulerKind;
+    let runtime = common::runtime();
+    let profile = ModelProfile::load(Path::new("onnx/sd-tiny-optimum")).unwrap();
+    let mut pipe = Pipeline::load(&runtime, profile.clone()).unwrap();
+    let image = image::DynamicImage::new_rgb8(64, 64);
+    for (scheduler, steps, strength, want) in [
+        (SchedulerKind::Pndm, 25, None, 25),
+        (SchedulerKind::Heun, 5, None, 5),
+        (SchedulerKind::EulerAncestral, 7, None, 7),
+        (SchedulerKind::Euler, 10, Some(0.5), 5),
+    ] {
+        let mut i = intent("a", None);
+        (i.scheduler, i.steps) = (Some(scheduler), Some(steps));
+        i.init = strength.map(|s| sd_onnx::pipeline::InitIntent {
+            image: image.clone(),
+            image_name: "x".into(),
+            mask: None,
+            strength: Some(s),
+        });
+        let mut ticks = Vec::new();
+        pipe.run(resolve(&profile, i).unwrap(), &mut |p| {
+            if let Progress::Step { done, total } = p {
+                ticks.push((done, total));
+            }
+        })
+        .unwrap();
+        let expected: Vec<_> = (1..=want).map(|d| (d, want)).collect();
+        assert_eq!(ticks, expected, "{scheduler:?} {steps} steps");
+    }
+}

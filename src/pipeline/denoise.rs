@@ -25,6 +25,8 @@ pub(crate) struct Loop<'a> {
     pub guidance: f32,
     pub guidance_rescale: f32,
     pub batch: usize,
+    /// The inference steps this run makes (what progress counts), as diffusers' `num_inference_steps`.
+    pub steps: usize,
     pub interrupt: &'a AtomicBool,
 }
 
@@ -55,6 +57,9 @@ pub(crate) fn denoise(
         ));
     }
     let mut latents = std::mem::replace(&mut start.latents, Latents::zeros((0, 0, 0, 0)));
+    let order = l.scheduler.order().max(1);
+    let warmup = (timesteps.len() - begin).saturating_sub(l.steps * order);
+    let mut done = 0;
     for i in begin..timesteps.len() {
         if l.interrupt.load(Ordering::Relaxed) {
             unet.unbind();
@@ -93,10 +98,17 @@ pub(crate) fn denoise(
         timings.unet.push(t3 - t2);
         timings.scheduler.push((t2 - t1) + (t5 - t4));
         timings.guidance.push((t1 - t0) + (t4 - t3) + t5.elapsed());
-        progress(Progress::Step {
-            done: i + 1 - begin,
-            total: timesteps.len() - begin,
-        });
+        // diffusers' progress bar: one tick per inference step, not per UNet call (PLMS repeats a timestep,
+        // Heun and DPM2 call the UNet twice per step).
+        if i + 1 == timesteps.len()
+            || (i + 1 - begin > warmup && (i + 1 - begin).is_multiple_of(order))
+        {
+            done += 1;
+            progress(Progress::Step {
+                done: done.min(l.steps),
+                total: l.steps,
+            });
+        }
     }
     unet.unbind();
     timings.bound_unet_calls = std::mem::take(&mut unet.bound_runs);

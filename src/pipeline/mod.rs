@@ -96,6 +96,17 @@ pub enum Progress {
     Decoding,
 }
 
+/// diffusers' `num_inference_steps` for the part of the schedule a run makes: the steps asked for, or for
+/// img2img/inpainting `int(steps * strength)`; where the strength shapes the schedule (LCM img2img), every call.
+fn run_steps(req: &Request, profile: &ModelProfile, calls: usize) -> usize {
+    let steps = match &req.init {
+        _ if req.strength_in_schedule(profile) => calls,
+        None => req.steps,
+        Some(init) => ((req.steps as f64 * init.strength) as usize).min(req.steps),
+    };
+    steps.clamp(1, calls.max(1))
+}
+
 /// One model, ready to generate. Owns its sessions (and a handle on the process's ONNX Runtime), so it can
 /// live in a server's state; one generation at a time (`&mut self`).
 pub struct Pipeline {
@@ -247,6 +258,7 @@ impl Pipeline {
 
         // 3. Denoising.
         let latents = if start.begin < scheduler.timesteps().len() {
+            let steps = run_steps(&req, profile, scheduler.timesteps().len() - start.begin);
             let unet = self.sessions.unet(profile)?;
             let lp = denoise::Loop {
                 scheduler: scheduler.as_mut(),
@@ -256,6 +268,7 @@ impl Pipeline {
                 guidance: req.guidance,
                 guidance_rescale: req.guidance_rescale,
                 batch: req.batch,
+                steps,
                 interrupt: &self.interrupt,
             };
             denoise::denoise(unet, start, lp, &mut timings, &mut warnings, progress)?
