@@ -171,6 +171,38 @@ fn required(dir: &Path, name: &'static str) -> Result<Component> {
     })
 }
 
+/// `--model models/` (a folder of model folders) is a common slip: name the models inside instead of saying
+/// `models/text_encoder/model.onnx: missing`.
+fn refuse_folder_of_models(dir: &Path) -> Result<()> {
+    if dir.join("unet").is_dir() || dir.join("model_index.json").is_file() {
+        return Ok(());
+    }
+    let mut inside: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().join("unet").is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if inside.is_empty() {
+        return Ok(());
+    }
+    inside.sort();
+    Err(Error::model(
+        dir,
+        format!(
+            "is a folder of models, not a model; pass one of: {}",
+            inside
+                .iter()
+                .map(|m| dir.join(m).display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
+}
+
 /// What the UNet graph itself says when no config does: its upsampling layers (the depth) and `conv_in`'s input
 /// channels. The file is read once, and only when it is small enough to read at start-up (exports keep weights
 /// outside model.onnx; a single-file graph of hundreds of MB is not read).
@@ -389,6 +421,7 @@ impl ModelProfile {
                 "not a folder (pass --model DIR, an exported ONNX pipeline)",
             ));
         }
+        refuse_folder_of_models(dir)?;
         let index = optional_json(&dir.join("model_index.json"))?;
         let class = index
             .as_ref()

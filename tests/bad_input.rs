@@ -436,6 +436,11 @@ fn messages_blame_the_right_thing() {
         &t2i(&["--steps", "1000"]),
         "with 1000 steps puts timesteps outside 0..1000: use fewer steps",
     );
+    // A folder of models names the models inside (issue 12).
+    refused(
+        &["txt2img", "--model", "onnx", "--prompt", "a", "--quiet"],
+        "onnx: is a folder of models, not a model; pass one of: onnx/sd-tiny-convert, ",
+    );
     // A schedule the scheduler cannot do is refused, not ignored (issue 12).
     refused(
         &t2i(&["--scheduler", "ddim", "--karras"]),
