@@ -530,6 +530,11 @@ impl ModelProfile {
         Family::of(self)
     }
 
+    /// Whether the UNet takes latents + mask + masked-image latents (an inpainting UNet, 9 channels on SD).
+    pub fn inpainting_unet(&self) -> bool {
+        self.unet_in_channels.value == 2 * self.latent_channels.value + 1
+    }
+
     /// diffusers' default size: `unet.config.sample_size * vae_scale_factor`, else 512.
     pub fn default_size(&self) -> (usize, usize) {
         match self.unet_sample_size {

@@ -476,3 +476,21 @@ fn messages_blame_the_right_thing() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A batch is all or nothing: when its second file cannot be written (a dangling symlink here), the first
+/// is removed again and the run fails naming the file.
+#[test]
+fn a_batch_is_written_all_or_nothing() {
+    let dir = tmpdir("batch");
+    let out = dir.join("x.png");
+    std::os::unix::fs::symlink(dir.join("no/such/target.png"), dir.join("x-1.png")).unwrap();
+    let o = run(&t2i(&["--batch", "2", "--output", out.to_str().unwrap()]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("x-1.png"), "{err}");
+    assert!(
+        !dir.join("x-0.png").exists(),
+        "the first image of the batch was left"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

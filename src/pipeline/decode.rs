@@ -117,3 +117,28 @@ fn to_rgb(decoded: &Array4<f32>) -> RgbImage {
         pixels,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RgbImage;
+
+    /// Into the `image` crate's buffer, pixel for pixel; a hand-made image whose buffer is short reads what is
+    /// there and is black elsewhere, never panics.
+    #[test]
+    fn converts_into_image_rgb() {
+        let img = RgbImage {
+            width: 2,
+            height: 1,
+            pixels: vec![1, 2, 3, 4, 5, 6],
+        };
+        let buf: image::RgbImage = img.clone().into();
+        assert_eq!((buf.width(), buf.height()), (2, 1));
+        assert_eq!(buf.as_raw(), &img.pixels);
+        let short = RgbImage {
+            pixels: vec![1, 2, 3],
+            ..img
+        };
+        let buf: image::RgbImage = short.into();
+        assert_eq!(buf.as_raw(), &vec![1, 2, 3, 0, 0, 0]);
+    }
+}

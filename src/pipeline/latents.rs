@@ -43,6 +43,11 @@ fn noise(shape: (usize, usize, usize, usize), src: &mut dyn NoiseSource) -> Resu
         .map_err(|e| Error::Usage(e.to_string()))
 }
 
+/// `batch` copies of one image's latents, stacked.
+fn repeat(one: &Latents, batch: usize) -> Result<Latents> {
+    concat4(&vec![one; batch])
+}
+
 /// Draw or encode the starting latents for `req`.
 pub(crate) fn prepare(
     sessions: &mut Sessions,
@@ -64,7 +69,6 @@ pub(crate) fn prepare(
     } else {
         req.start_index(scheduler.order()).min(steps)
     };
-    let batch_of = |one: &Latents| -> Result<Latents> { concat4(&vec![one; req.batch]) };
     let mut start = Start {
         latents: Latents::zeros((0, 0, 0, 0)),
         begin,
@@ -74,46 +78,56 @@ pub(crate) fn prepare(
     start.latents = match &req.init {
         None => noise(shape, noise_src)?.mapv(|v| v * scheduler.init_noise_sigma()),
         Some(init) if init.mask.is_none() => {
-            let encoded = batch_of(&encode(sessions, profile, &init.image, noise_src)?)?;
+            let encoded = repeat(
+                &encode(sessions, profile, &init.image, noise_src)?,
+                req.batch,
+            )?;
             if begin >= steps {
                 encoded // strength 0: the input, re-encoded
             } else {
                 scheduler.add_noise(&encoded, &noise(shape, noise_src)?, begin)
             }
         }
-        Some(init) => inpainting(
-            sessions, profile, req, init, scheduler, noise_src, &mut start,
-        )?,
+        Some(init) => {
+            let what = Inpainting {
+                init,
+                shape,
+                guided: profile.family().guided(req.guidance),
+            };
+            inpainting(sessions, profile, what, scheduler, noise_src, &mut start)?
+        }
     };
     Ok(start)
+}
+
+/// An inpainting run's inputs: the image and mask, the latents' shape, whether the UNet batch is doubled.
+struct Inpainting<'a> {
+    init: &'a Init,
+    shape: (usize, usize, usize, usize),
+    guided: bool,
 }
 
 fn inpainting(
     sessions: &mut Sessions,
     profile: &ModelProfile,
-    req: &Request,
-    init: &Init,
+    what: Inpainting<'_>,
     scheduler: &dyn Scheduler,
     noise_src: &mut dyn NoiseSource,
     start: &mut Start,
 ) -> Result<Latents> {
-    let (latent_ch, factor) = (profile.latent_channels.value, profile.vae_factor.value);
-    let shape = (
-        req.batch,
-        latent_ch,
-        req.height / factor,
-        req.width / factor,
-    );
-    let inpaint_unet = profile.unet_in_channels.value == 2 * latent_ch + 1;
-    let batch_of = |one: &Latents| -> Result<Latents> { concat4(&vec![one; req.batch]) };
+    let Inpainting {
+        init,
+        shape,
+        guided,
+    } = what;
+    let batch = shape.0;
+    let inpaint_unet = profile.inpainting_unet();
     let full_strength = init.strength >= 1.0;
     let image_latents = if !inpaint_unet || !full_strength {
-        Some(batch_of(&encode(
-            sessions,
-            profile,
-            &init.image,
-            noise_src,
-        )?)?)
+        Some(repeat(
+            &encode(sessions, profile, &init.image, noise_src)?,
+            batch,
+        )?)
     } else {
         None
     };
@@ -135,10 +149,10 @@ fn inpainting(
             }
         });
     }
-    let mi = batch_of(&encode(sessions, profile, &masked, noise_src)?)?;
-    let m4 = Latents::from_shape_fn((req.batch, 1, shape.2, shape.3), |(_, _, y, x)| m[[y, x]]);
+    let mi = repeat(&encode(sessions, profile, &masked, noise_src)?, batch)?;
+    let m4 = Latents::from_shape_fn((batch, 1, shape.2, shape.3), |(_, _, y, x)| m[[y, x]]);
     if inpaint_unet {
-        start.unet_extra_channels = Some(if profile.family().guided(req.guidance) {
+        start.unet_extra_channels = Some(if guided {
             (concat4(&[&m4, &m4])?, concat4(&[&mi, &mi])?)
         } else {
             (m4, mi)

@@ -142,9 +142,6 @@ pub fn random_seed() -> u64 {
 pub fn resolve(profile: &ModelProfile, intent: Intent) -> Result<Plan> {
     let family = profile.family();
     let defaults = family.defaults();
-    if intent.steps == Some(0) {
-        return Err(invalid("steps", "must be at least 1"));
-    }
     let scheduler = match (intent.scheduler, profile.default_scheduler) {
         (Some(k), _) | (None, Some(k)) => k,
         (None, None) => {
@@ -169,6 +166,7 @@ pub fn resolve(profile: &ModelProfile, intent: Intent) -> Result<Plan> {
             (intent.width.unwrap_or(dw), intent.height.unwrap_or(dh))
         }
     };
+    // Before the images are resized to it (which allocates); `Request::plan` checks the rest.
     check_size(profile, width, height)?;
     let init = match intent.init {
         None => None,
@@ -361,13 +359,13 @@ impl Request {
             profile.latent_channels.value,
         );
         let has_mask = self.init.as_ref().is_some_and(|i| i.mask.is_some());
-        if unet_in == 2 * latent + 1 && !has_mask {
+        if profile.inpainting_unet() && !has_mask {
             return Err(Error::Usage(format!(
                 "{}: this UNet takes {unet_in} input channels (an inpainting model): use `sd-onnx inpaint`",
                 profile.dir.display()
             )));
         }
-        if unet_in != latent && unet_in != 2 * latent + 1 {
+        if unet_in != latent && !profile.inpainting_unet() {
             return Err(Error::model(
                 &profile.unet.graph,
                 format!(
