@@ -5,7 +5,7 @@
 //! (`scripts/test` runs it.) Point the first argument after `--model` at any exported folder to use another.
 
 use sd_onnx::pipeline::{Intent, MemoryMode, Pipeline, Progress, resolve};
-use sd_onnx::{output, profile::ModelProfile, runtime::Runtime};
+use sd_onnx::{infotext, output, profile::ModelProfile, runtime::Runtime};
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Intent::default() // steps, guidance, size and scheduler: the model's defaults
     };
     let plan = resolve(&profile, intent)?;
-    let params = output::a1111_parameters(&plan.request, plan.request.seed, &profile.name());
+    let params = infotext::for_image(&plan.request, &profile, plan.request.seed, 0, None);
     let mut pipeline = Pipeline::with_memory(&runtime, profile, MemoryMode::OneShot)?;
     let generated = pipeline.run(plan, &mut |p| {
         if let Progress::Step { done, total } = p {

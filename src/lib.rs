@@ -3,15 +3,16 @@
 //!
 //! ```no_run
 //! use sd_onnx::pipeline::{Intent, MemoryMode, Pipeline, resolve};
-//! use sd_onnx::{output, profile::ModelProfile, runtime::Runtime};
+//! use sd_onnx::{infotext, output, profile::ModelProfile, runtime::Runtime};
 //! use std::path::Path;
 //!
 //! # fn main() -> sd_onnx::Result<()> {
 //! let runtime = Runtime::load(None)?; // ORT_DYLIB_PATH, or a library next to the executable
 //! let profile = ModelProfile::load(Path::new("onnx/sd-tiny-optimum"))?;
 //! let plan = resolve(&profile, Intent { prompt: "red apple".into(), seed: Some(1), ..Intent::default() })?;
+//! // A1111's "parameters" text for the first image (seed, batch position 0, no model hash).
+//! let params = infotext::for_image(&plan.request, &profile, plan.request.seed, 0, None);
 //! let mut pipeline = Pipeline::with_memory(&runtime, profile, MemoryMode::OneShot)?;
-//! let params = output::a1111_parameters(&plan.request, plan.request.seed, "sd-tiny-optimum");
 //! let generated = pipeline.run(plan, &mut |_| {})?;
 //! output::write_image(Path::new("apple.png"), &generated.images[0], &params)?;
 //! # Ok(())
@@ -28,7 +29,9 @@ pub mod bench;
 pub mod error;
 pub mod graphs;
 pub mod images;
+pub mod infotext;
 pub mod inspect;
+pub mod model_hash;
 pub mod onnx_proto;
 pub mod output;
 pub mod pipeline;

@@ -92,6 +92,12 @@ pub fn operators(model: &[u8]) -> Option<std::collections::BTreeSet<(String, Str
     Some(nodes.into_iter().map(|n| (n.domain, n.op)).collect())
 }
 
+/// Whether `model` parses as an ONNX model whose main graph has nodes (an empty, truncated or foreign file
+/// does not).
+pub fn is_graph(model: &[u8]) -> bool {
+    parse_graph(model).is_some_and(|(nodes, _)| !nodes.is_empty())
+}
+
 /// How many nodes of the main graph have one of these op types.
 pub fn count_ops(model: &[u8], ops: &[&str]) -> Option<usize> {
     let (nodes, _) = parse_graph(model)?;

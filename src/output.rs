@@ -3,64 +3,9 @@
 //! to a temporary file beside the target and renamed into place, so that no partial file is left.
 
 use crate::error::{Error, Result};
-use crate::pipeline::{Request, RgbImage};
-use crate::rng::RngKind;
-use crate::schedulers::SchedulerKind;
+use crate::pipeline::RgbImage;
 use std::io::Write;
-use std::path::Path;
-
-/// The sampler names A1111 uses, so that its UI recognises ours.
-fn a1111_sampler(kind: SchedulerKind) -> &'static str {
-    match kind {
-        SchedulerKind::Pndm => "PLMS",
-        SchedulerKind::Ddim => "DDIM",
-        SchedulerKind::Euler => "Euler",
-        SchedulerKind::EulerAncestral => "Euler a",
-        SchedulerKind::DpmPp2m => "DPM++ 2M",
-        SchedulerKind::Lms => "LMS",
-        SchedulerKind::Ddpm => "DDPM",
-        SchedulerKind::Heun => "Heun",
-        SchedulerKind::DpmPp2mSde => "DPM++ 2M SDE",
-        SchedulerKind::UniPc => "UniPC",
-        SchedulerKind::Kdpm2 => "DPM2",
-        SchedulerKind::Kdpm2Ancestral => "DPM2 a",
-        SchedulerKind::Deis => "DEIS",
-        SchedulerKind::Lcm => "LCM",
-    }
-}
-
-/// The `parameters` text: prompt, negative prompt, then one line of `Key: value` pairs.
-pub fn a1111_parameters(req: &Request, seed: u64, model: &str) -> String {
-    let mut s = req.prompt.clone();
-    if let Some(neg) = req.negative_prompt.as_deref().filter(|n| !n.is_empty()) {
-        s.push_str(&format!("\nNegative prompt: {neg}"));
-    }
-    let denoise = req
-        .init
-        .as_ref()
-        .map(|i| format!(", Denoising strength: {}", i.strength))
-        .unwrap_or_default();
-    let rescale = if req.guidance_rescale > 0.0 {
-        format!(", CFG Rescale: {}", req.guidance_rescale)
-    } else {
-        String::new()
-    };
-    s.push_str(&format!(
-        "\nSteps: {}, Sampler: {}, Schedule type: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}, Model: {model}{denoise}{rescale}, RNG: {}",
-        req.steps,
-        a1111_sampler(req.scheduler),
-        if req.karras { "Karras" } else { "Automatic" },
-        req.guidance,
-        req.width,
-        req.height,
-        match req.rng {
-            RngKind::Torch => "CPU",
-            RngKind::Numpy => "numpy",
-            RngKind::Philox => "NV",
-        },
-    ));
-    s
-}
+use std::path::{Path, PathBuf};
 
 /// The image format an output path asks for, by its extension (none: PNG).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,6 +181,119 @@ fn png_bytes(image: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// One image of a run, for naming its file.
+#[derive(Clone, Copy, Debug)]
+pub struct ImageSlot {
+    /// Its seed.
+    pub seed: u64,
+    /// Its batch (0-based).
+    pub batch: usize,
+    /// Its position in the batch.
+    pub pos: usize,
+}
+
+/// `pattern` with `{seed}`, `{i}`, `{batch}`, `{pos}` and printf's `%d` / `%0Nd` (= `{i}`) filled in; `None`
+/// when it has no placeholder.
+fn fill(pattern: &str, i: usize, slot: ImageSlot) -> Option<String> {
+    let mut out = pattern
+        .replace("{seed}", &slot.seed.to_string())
+        .replace("{i}", &i.to_string())
+        .replace("{batch}", &slot.batch.to_string())
+        .replace("{pos}", &slot.pos.to_string());
+    if let Some(at) = out.find('%') {
+        let rest = &out[at + 1..];
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if rest[digits.len()..].starts_with('d') {
+            let width: usize = digits.parse().unwrap_or(0).min(20);
+            let n = format!("{i:0width$}");
+            out = format!("{}{n}{}", &out[..at], &rest[digits.len() + 1..]);
+        }
+    }
+    (out != pattern).then_some(out)
+}
+
+/// `base` with `-<suffix>` before its extension.
+fn suffixed(base: &Path, suffix: &str) -> PathBuf {
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match base.extension() {
+        Some(ext) => base.with_file_name(format!("{stem}-{suffix}.{}", ext.to_string_lossy())),
+        None => base.with_file_name(format!("{stem}-{suffix}")),
+    }
+}
+
+/// A regular file is there (devices, FIFOs and dangling symlinks are written through, not clobbered).
+fn taken(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// Where each image of a run is written, decided before the run, never clobbering silently:
+/// * `output` given: its placeholders filled (`{seed}`, `{i}` = index in the run, `{batch}`, `{pos}`, `%d`,
+///   `%03d`); without any, several images get `-<i>` before the extension. A name that exists as a file is
+///   refused unless `overwrite`, and so is a pattern that gives two images one name.
+/// * none: `sd-onnx-{seed}.png` (with `-<i>` when the images share a seed), numbered past existing files
+///   (`sd-onnx-5-2.png`, `-3`, ...).
+pub fn output_paths(
+    output: Option<&Path>,
+    images: &[ImageSlot],
+    overwrite: bool,
+) -> Result<Vec<PathBuf>> {
+    let n = images.len();
+    let shared_seeds = {
+        let mut seeds: Vec<u64> = images.iter().map(|s| s.seed).collect();
+        seeds.sort_unstable();
+        seeds.dedup();
+        seeds.len() < n
+    };
+    let mut out: Vec<PathBuf> = Vec::with_capacity(n);
+    for (i, &slot) in images.iter().enumerate() {
+        let path = match output {
+            Some(pattern) => {
+                let filled = pattern.to_str().and_then(|p| fill(p, i, slot));
+                let path = match filled {
+                    Some(p) => PathBuf::from(p),
+                    None if n > 1 => suffixed(pattern, &i.to_string()),
+                    None => pattern.to_path_buf(),
+                };
+                if let Some(j) = out.iter().position(|o| *o == path) {
+                    return Err(Error::Usage(format!(
+                        "--output {}: images {j} and {i} would both be written to {} (add {{i}} or {{seed}})",
+                        pattern.display(),
+                        path.display()
+                    )));
+                }
+                if !overwrite && taken(&path) {
+                    return Err(Error::Usage(format!(
+                        "--output {}: exists; pass --overwrite to replace it, or name the files with a pattern \
+                         such as out-{{seed}}.png",
+                        path.display()
+                    )));
+                }
+                path
+            }
+            None => {
+                let base = PathBuf::from(format!("sd-onnx-{}.png", slot.seed));
+                let base = if shared_seeds {
+                    suffixed(&base, &i.to_string())
+                } else {
+                    base
+                };
+                let mut path = base.clone();
+                let mut k = 2;
+                while (taken(&path) && !overwrite) || out.contains(&path) {
+                    path = suffixed(&base, &k.to_string());
+                    k += 1;
+                }
+                path
+            }
+        };
+        out.push(path);
+    }
+    Ok(out)
+}
+
 /// Check, before any work, that `path` can be an output file: not a folder, in a folder that exists.
 /// `what` names it in the error (a flag).
 pub fn check_output_path(path: &Path, what: &str) -> Result<()> {
@@ -308,6 +366,87 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn output_names_fill_patterns_and_never_clobber() {
+        let dir = std::env::temp_dir().join(format!("sd-onnx-names-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let slots: Vec<ImageSlot> = (0..4)
+            .map(|i| ImageSlot {
+                seed: 10 + i as u64,
+                batch: i / 2,
+                pos: i % 2,
+            })
+            .collect();
+        let names = |pattern: &str, overwrite: bool| {
+            output_paths(Some(&dir.join(pattern)), &slots, overwrite).map(|v| {
+                v.iter()
+                    .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            names("a.png", false).unwrap(),
+            ["a-0.png", "a-1.png", "a-2.png", "a-3.png"]
+        );
+        assert_eq!(names("s{seed}.jpg", false).unwrap()[3], "s13.jpg");
+        assert_eq!(names("b{batch}-{pos}.png", false).unwrap()[2], "b1-0.png");
+        assert_eq!(names("out-%03d.png", false).unwrap()[1], "out-001.png");
+        assert_eq!(names("out-%d.png", false).unwrap()[3], "out-3.png");
+        let e = names("same{batch}.png", false).unwrap_err().to_string();
+        assert!(e.contains("images 0 and 1 would both be written"), "{e}");
+        // An existing file is refused, unless --overwrite.
+        std::fs::write(dir.join("a-2.png"), b"x").unwrap();
+        let e = names("a.png", false).unwrap_err().to_string();
+        assert!(e.contains("a-2.png: exists; pass --overwrite"), "{e}");
+        assert!(names("a.png", true).is_ok());
+        // A device is written through, not refused.
+        let one = [slots[0]];
+        assert!(output_paths(Some(Path::new("/dev/null")), &one, false).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn default_names_number_past_existing_files() {
+        let dir = std::env::temp_dir().join(format!("sd-onnx-default-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let slot = |seed| ImageSlot {
+            seed,
+            batch: 0,
+            pos: 0,
+        };
+        let names = output_paths(None, &[slot(5), slot(6)], false).unwrap();
+        assert_eq!(
+            names,
+            [
+                PathBuf::from("sd-onnx-5.png"),
+                PathBuf::from("sd-onnx-6.png")
+            ]
+        );
+        // Shared seeds get their index; names are relative, so check numbering against a file in cwd.
+        let shared = output_paths(None, &[slot(5), slot(5)], false).unwrap();
+        assert_eq!(
+            shared,
+            [
+                PathBuf::from("sd-onnx-5-0.png"),
+                PathBuf::from("sd-onnx-5-1.png")
+            ]
+        );
+        let probe = cwd.join(format!("sd-onnx-{}.png", u64::MAX - 7));
+        if !probe.exists() {
+            std::fs::write(&probe, b"x").unwrap();
+            let names = output_paths(None, &[slot(u64::MAX - 7)], false).unwrap();
+            let _ = std::fs::remove_file(&probe);
+            assert_eq!(
+                names[0],
+                PathBuf::from(format!("sd-onnx-{}-2.png", u64::MAX - 7))
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     use super::*;
 
     #[test]

@@ -60,6 +60,55 @@ mod cuda_math;
 pub trait NoiseSource: Send {
     /// Standard normal float32 values for a tensor of `shape`, in the generator's order.
     fn randn(&mut self, shape: &[usize]) -> Vec<f32>;
+
+    /// How many independent generators stand behind this source: 1 for one generator, `n` for
+    /// [`PerImage`] (a batch of `n` whose image `i` draws from its own generator).
+    fn streams(&self) -> usize {
+        1
+    }
+}
+
+/// One generator per image, as diffusers does when `generator` is a list (`randn_tensor` draws image `i`'s
+/// slice of a batch-sized tensor from `generator[i]`) and as A1111 and stable-diffusion.cpp seed batches
+/// (image `i` gets `seed + i`): image `i` of a batch is then the image a run of one with its seed gives.
+pub struct PerImage {
+    generators: Vec<Box<dyn NoiseSource>>,
+}
+
+impl PerImage {
+    /// `kind` generators seeded `seeds[0]`, `seeds[1]`, ...
+    pub fn new(kind: RngKind, seeds: &[u64]) -> Self {
+        PerImage {
+            generators: seeds.iter().map(|&s| kind.build(s)).collect(),
+        }
+    }
+}
+
+impl NoiseSource for PerImage {
+    /// A tensor whose first axis is the batch: slice `i` from generator `i`. Any other shape (there is none
+    /// in the pipeline) comes from the first generator, as a single generator would give it.
+    fn randn(&mut self, shape: &[usize]) -> Vec<f32> {
+        let n = self.generators.len();
+        match shape.split_first() {
+            Some((&b, rest)) if b == n && n > 1 => {
+                let mut one = vec![1];
+                one.extend_from_slice(rest);
+                let mut out = Vec::with_capacity(shape.iter().product());
+                for g in &mut self.generators {
+                    out.extend(g.randn(&one));
+                }
+                out
+            }
+            _ => match self.generators.first_mut() {
+                Some(g) => g.randn(shape),
+                None => Vec::new(),
+            },
+        }
+    }
+
+    fn streams(&self) -> usize {
+        self.generators.len()
+    }
 }
 
 /// The 32-bit Mersenne Twister shared by ATen's CPU generator and numpy's `RandomState`.
@@ -401,6 +450,32 @@ impl NoiseSource for PhiloxRng {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn per_image_generators_give_each_image_its_own_stream() {
+        let seeds = [7u64, 8, 9];
+        for kind in [RngKind::Torch, RngKind::Numpy, RngKind::Philox] {
+            let mut batch = PerImage::new(kind, &seeds);
+            assert_eq!(batch.streams(), 3);
+            // Two draws (initial latents, then a step's noise): image i's values are those of its own seed.
+            let first = batch.randn(&[3, 4, 5, 5]);
+            let second = batch.randn(&[3, 4, 5, 5]);
+            for (i, &seed) in seeds.iter().enumerate() {
+                let mut alone = kind.build(seed);
+                let (a1, a2) = (alone.randn(&[1, 4, 5, 5]), alone.randn(&[1, 4, 5, 5]));
+                assert_eq!(
+                    &first[i * 100..(i + 1) * 100],
+                    &a1[..],
+                    "{kind:?} image {i}"
+                );
+                assert_eq!(
+                    &second[i * 100..(i + 1) * 100],
+                    &a2[..],
+                    "{kind:?} image {i}"
+                );
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

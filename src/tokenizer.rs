@@ -85,6 +85,19 @@ impl ClipTokenizer {
         self.vocab.keys().max().map_or(0, |&k| k as i64)
     }
 
+    /// The vocabulary entry of `id` as the BPE has it (`cat</w>`: `</w>` ends a word), if there is one.
+    pub fn token(&self, id: i64) -> Option<&str> {
+        u32::try_from(id)
+            .ok()
+            .and_then(|i| self.vocab.get(&i))
+            .map(String::as_str)
+    }
+
+    /// The end-of-text id.
+    pub fn eos(&self) -> i64 {
+        self.eos
+    }
+
     /// The pad token and its id.
     pub fn pad_token(&self) -> (&str, i64) {
         (&self.pad_token, self.pad)

@@ -193,14 +193,22 @@ fn writes_pngs_with_parameters_and_batch_suffixes() {
         ],
     ));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    for name in ["cat-0.png", "cat-1.png"] {
+    // Image i has seed + i and says so, with its batch position (A1111's fields).
+    for (i, name) in ["cat-0.png", "cat-1.png"].iter().enumerate() {
         let text = png_parameters(&d.join(name));
         assert!(
             text.starts_with("a cat\nSteps: 2, Sampler: Euler a,"),
             "{}",
             text
         );
-        assert!(text.contains("Seed: 5, Size: 64x64"), "{text}");
+        assert!(
+            text.contains(&format!("Seed: {}, Size: 64x64", 5 + i)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("Batch size: 2, Batch pos: {i}")),
+            "{text}"
+        );
     }
     // An output folder that does not exist: refused before the run (exit 2), nothing (no temp file) left.
     let o = run(&t2i(
@@ -451,7 +459,7 @@ fn progress_bar_only_on_a_terminal() {
     let d = tmpdir("pty");
     let cmd = |extra: &str| {
         format!(
-            "{exe} txt2img --model {MODEL} --prompt x --steps 4 --seed 1 --output {}/p.png {extra}",
+            "{exe} txt2img --model {MODEL} --prompt x --steps 4 --seed 1 --output {}/p.png --overwrite {extra}",
             d.display()
         )
     };
@@ -649,6 +657,7 @@ fn img2img_and_inpaint_inputs() {
             img,
             "--output",
             out_s,
+            "--overwrite",
         ];
         if command == "inpaint" {
             args.extend(["--mask", "tests/fixtures/images/mask-64.png"]);
@@ -681,6 +690,7 @@ fn img2img_and_inpaint_inputs() {
         "tests/fixtures/resize/src-200x37.png",
         "--output",
         out_s,
+        "--overwrite",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
@@ -711,6 +721,7 @@ fn img2img_and_inpaint_inputs() {
             "tests/fixtures/images/mask-32-rgb.png",
             "--output",
             out_s,
+            "--overwrite",
         ]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         assert!(
@@ -915,4 +926,314 @@ fn a1111_sampler_names_are_accepted() {
         png_parameters(&a)
     );
     let _ = std::fs::remove_dir_all(&d);
+}
+
+fn pixels(path: &Path) -> Vec<u8> {
+    common::read_png(path).2
+}
+
+/// A1111's and sd.cpp's batches: image i gets seed + i with its own generator, across --batch-size and
+/// --batch-count; each says its seed and position, and is the image a run of one with that seed gives (within 1
+/// level: ONNX Runtime's batched kernels round differently). Names from a pattern; nothing clobbered.
+#[test]
+fn batches_seed_each_image_and_name_files_without_clobbering() {
+    let d = tmpdir("seeds");
+    let pattern = d.join("{seed}.png");
+    let p = pattern.to_str().unwrap();
+    let args = t2i(
+        MODEL,
+        &[
+            "-s",
+            "5",
+            "--batch-size",
+            "2",
+            "-b",
+            "2",
+            "--scheduler",
+            "euler_a",
+            "-o",
+            p,
+        ],
+    );
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for (i, seed) in (5..9).enumerate() {
+        let text = png_parameters(&d.join(format!("{seed}.png")));
+        let parsed = sd_onnx::infotext::parse(&text);
+        assert_eq!(
+            parsed.get("Seed"),
+            Some(seed.to_string().as_str()),
+            "{text}"
+        );
+        assert_eq!(
+            parsed.get("Batch pos"),
+            Some((i % 2).to_string().as_str()),
+            "{text}"
+        );
+    }
+    let alone = d.join("alone.png");
+    let o = run(&t2i(
+        MODEL,
+        &[
+            "-s",
+            "7",
+            "--scheduler",
+            "euler_a",
+            "-o",
+            alone.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (a, b) = (pixels(&alone), pixels(&d.join("7.png")));
+    let worst = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    assert!(
+        worst <= 1,
+        "image 2 of the run vs seed 7 alone: {worst} levels"
+    );
+    // The same run again: every name exists, refused before any work (exit 2), files untouched.
+    let before = std::fs::read(d.join("5.png")).unwrap();
+    expect_usage(&run(&args), "5.png: exists; pass --overwrite");
+    assert_eq!(std::fs::read(d.join("5.png")).unwrap(), before);
+    // A pattern that gives two images one name is refused.
+    let same = d.join("same{batch}.png");
+    expect_usage(
+        &run(&t2i(
+            MODEL,
+            &["--batch-size", "2", "-o", same.to_str().unwrap()],
+        )),
+        "would both be written to",
+    );
+    // diffusers' one generator per batch: every image says the batch's seed and that it was shared.
+    let shared = d.join("shared.png");
+    let o = run(&t2i(
+        MODEL,
+        &[
+            "-s",
+            "5",
+            "--batch-size",
+            "2",
+            "--shared-generator",
+            "-o",
+            shared.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for name in ["shared-0.png", "shared-1.png"] {
+        let text = png_parameters(&d.join(name));
+        assert!(
+            text.contains("Seed: 5,") && text.contains("Batch generator: shared"),
+            "{text}"
+        );
+    }
+    // Default names number past existing files.
+    let o = bin()
+        .current_dir(&d)
+        .args(t2i(
+            &std::fs::canonicalize(MODEL).unwrap().to_string_lossy(),
+            &["-s", "5"],
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o2 = bin()
+        .current_dir(&d)
+        .args(t2i(
+            &std::fs::canonicalize(MODEL).unwrap().to_string_lossy(),
+            &["-s", "5"],
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(o2.status.code(), Some(0), "{}", stderr(&o2));
+    assert!(d.join("sd-onnx-5.png").is_file() && d.join("sd-onnx-5-2.png").is_file());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// What the binary writes reads back through A1111's parser (sd_onnx::infotext::parse, its rules ported)
+/// as what ran, including a model folder whose name needs A1111's quoting; what it reads back is accepted by
+/// --scheduler and --schedule again. Schedules a scheduler lacks are refused naming those that have them.
+#[test]
+fn infotext_reads_back_and_schedules_are_honoured_or_refused() {
+    let d = tmpdir("infotext");
+    let model = d.join("dream, v2: fp16");
+    copy_dir(Path::new(MODEL), &model);
+    let m = model.to_str().unwrap();
+    let out = d.join("x.png");
+    let o = run(&t2i(
+        m,
+        &[
+            "-s",
+            "1",
+            "--scheduler",
+            "DPM++ 2M",
+            "--schedule",
+            "exponential",
+            "-n",
+            "blurry, bad: hands",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = png_parameters(&out);
+    let p = sd_onnx::infotext::parse(&text);
+    assert_eq!(p.prompt, "a cat");
+    assert_eq!(p.negative_prompt, "blurry, bad: hands");
+    assert_eq!(p.get("Model"), Some("dream, v2: fp16"), "{text}");
+    assert_eq!(p.get("Sampler"), Some("DPM++ 2M"));
+    assert_eq!(p.get("Schedule type"), Some("Exponential"));
+    assert_eq!(p.get("RNG"), Some("CPU"));
+    let hash = p.get("Model hash").unwrap();
+    assert!(
+        hash.len() == 10 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{hash}"
+    );
+    // Pasted back: the same image.
+    let again = d.join("again.png");
+    let o = run(&t2i(
+        m,
+        &[
+            "-s",
+            "1",
+            "--scheduler",
+            p.get("Sampler").unwrap(),
+            "--schedule",
+            p.get("Schedule type").unwrap(),
+            "-n",
+            &p.negative_prompt,
+            "-o",
+            again.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(pixels(&out), pixels(&again));
+    // Karras / exponential actually change the image; "uniform" is the folder's default here (at 2 steps
+    // linspace spacing gives exactly the Karras endpoints, so 4).
+    let euler = |schedule: &str| {
+        let file = d.join(format!("{schedule}.png"));
+        let o = run(&[
+            "txt2img",
+            "--model",
+            m,
+            "--prompt",
+            "a cat",
+            "--quiet",
+            "-s",
+            "1",
+            "--steps",
+            "4",
+            "--scheduler",
+            "euler",
+            "--schedule",
+            schedule,
+            "-o",
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        file
+    };
+    let (k, u) = (euler("karras"), euler("uniform"));
+    assert_ne!(pixels(&k), pixels(&u));
+    assert!(png_parameters(&u).contains("Schedule type: Uniform"));
+    // PNDM has no sigma schedule: no Schedule type written, and none accepted.
+    let pl = d.join("pl.png");
+    let o = run(&t2i(
+        m,
+        &["--scheduler", "pndm", "-o", pl.to_str().unwrap()],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!png_parameters(&pl).contains("Schedule type"));
+    expect_usage(
+        &run(&t2i(m, &["--scheduler", "ddim", "--schedule", "beta"])),
+        "--schedule beta does not apply to ddim (DDIMScheduler has no sigma schedule); schedulers with it: lms",
+    );
+    expect_usage(
+        &run(&t2i(m, &["--scheduler", "euler-a", "--schedule", "karras"])),
+        "does not apply to euler-a (it has uniform)",
+    );
+    expect_usage(
+        &run(&t2i(m, &["--schedule", "exponential", "--karras"])),
+        "--schedule asks for the exponential schedule and --karras for karras",
+    );
+    expect_usage(
+        &run(&t2i(m, &["--schedule", "polyexp"])),
+        "--schedule polyexp: choose",
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Defaults from a TOML file (--config or $SD_ONNX_CONFIG); the command line wins; mistakes name the key.
+#[test]
+fn config_file_supplies_defaults() {
+    let d = tmpdir("config");
+    let cfg = d.join("sd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model = \"{MODEL}\"\nsteps = 2\nscheduler = \"Euler a\"\nquiet = true\noutput = \"{}/c-{{seed}}.png\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let o = run(&[
+        "txt2img",
+        "--config",
+        cfg.to_str().unwrap(),
+        "-p",
+        "a cat",
+        "-s",
+        "3",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = png_parameters(&d.join("c-3.png"));
+    assert!(text.contains("Steps: 2, Sampler: Euler a"), "{text}");
+    let o = bin()
+        .env("SD_ONNX_CONFIG", &cfg)
+        .args(["txt2img", "-p", "a cat", "-s", "4", "--steps", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(png_parameters(&d.join("c-4.png")).contains("Steps: 3,"));
+    std::fs::write(&cfg, "stepz = 2\n").unwrap();
+    expect_usage(
+        &run(&[
+            "txt2img",
+            "--config",
+            cfg.to_str().unwrap(),
+            "-p",
+            "x",
+            "-m",
+            MODEL,
+        ]),
+        "`stepz` is not an option of any subcommand",
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `tokenize` shows the tokens; `--help` is grouped and lists every scheduler; an argument that is not UTF-8
+/// is named.
+#[test]
+fn tokenize_help_and_arguments() {
+    let o = run(&["tokenize", "-m", MODEL, "a red, apple"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("736  red</w>") && out.contains("x 71 (padding to 77)"),
+        "{out}"
+    );
+    let o = run(&["tokenize", "-m", MODEL, "--json", "a cat"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tokens"][1], "a</w>");
+    let help = String::from_utf8_lossy(&run(&["txt2img", "--help"]).stdout).into_owned();
+    for heading in ["Generation:", "Images:", "Model and runtime:", "Output:"] {
+        assert!(help.contains(heading), "{heading}");
+    }
+    for name in sd_onnx::schedulers::SchedulerKind::names() {
+        assert!(help.contains(name), "--help does not list {name}");
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let o = bin()
+        .args(["txt2img", "-m", MODEL, "-p"])
+        .arg(std::ffi::OsStr::from_bytes(b"caf\xe9"))
+        .output()
+        .unwrap();
+    expect_usage(&o, "argument 5 (`caf\u{fffd}`) is not valid UTF-8");
 }

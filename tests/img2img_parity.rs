@@ -8,7 +8,7 @@
 //! The convert-script exports (`latent_sample`, sampled inside the graph) cannot match and are only run.
 
 use sd_onnx::images::{load_image, load_mask};
-use sd_onnx::pipeline::{Init, Pipeline, Request};
+use sd_onnx::pipeline::{BatchSeeds, Init, Pipeline, Request};
 use sd_onnx::profile::ModelProfile;
 use sd_onnx::rng::RngKind;
 use sd_onnx::schedulers::SchedulerKind;
@@ -35,12 +35,15 @@ fn request(case: &Value) -> Request {
         guidance: case["guidance"].as_f64().unwrap() as f32,
         guidance_rescale: case["guidance_rescale"].as_f64().unwrap_or(0.0) as f32,
         scheduler: SchedulerKind::from_name(case["scheduler"].as_str().unwrap()).unwrap(),
-        karras: false,
+        schedule: None,
         seed: case["seed"].as_u64().unwrap(),
+        // diffusers' references draw a batch from one generator.
+        seeds: BatchSeeds::Shared,
         rng: RngKind::Torch,
         width: w,
         height: h,
         batch: case["batch"].as_u64().unwrap() as usize,
+        batch_count: 1,
         init: Some(Init {
             image,
             mask,

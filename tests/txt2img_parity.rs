@@ -7,10 +7,10 @@
 //! bar against the same float32 references, latents within 1.0. Needs ORT_DYLIB_PATH (scripts/test sets it).
 
 use sd_onnx::images::load_image;
-use sd_onnx::pipeline::{Init, Pipeline, Request};
+use sd_onnx::pipeline::{BatchSeeds, Init, Pipeline, Request};
 use sd_onnx::profile::ModelProfile;
 use sd_onnx::rng::RngKind;
-use sd_onnx::schedulers::SchedulerKind;
+use sd_onnx::schedulers::{SchedulerKind, SigmaSpacing};
 use serde_json::Value;
 use std::path::Path;
 
@@ -25,12 +25,18 @@ fn request(case: &Value) -> Request {
         guidance: case["guidance"].as_f64().unwrap() as f32,
         guidance_rescale: case["guidance_rescale"].as_f64().unwrap_or(0.0) as f32,
         scheduler: SchedulerKind::from_name(case["scheduler"].as_str().unwrap()).unwrap(),
-        karras: case["karras"].as_bool().unwrap(),
+        schedule: case["karras"]
+            .as_bool()
+            .unwrap()
+            .then_some(SigmaSpacing::Karras),
         seed: case["seed"].as_u64().unwrap(),
+        // diffusers' references draw a batch from one generator.
+        seeds: BatchSeeds::Shared,
         rng: RngKind::parse(case["rng"].as_str().unwrap()).unwrap(),
         width: case["width"].as_u64().unwrap() as usize,
         height: case["height"].as_u64().unwrap() as usize,
         batch: case["batch"].as_u64().unwrap() as usize,
+        batch_count: 1,
         init: None,
         prompt_embeds: None,
     }

@@ -12,6 +12,10 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Defaults for any option, from a TOML file (also $SD_ONNX_CONFIG); the command line overrides them.
+    /// Keys are option names (`steps = 30`, `low_memory = true`); a `[txt2img]` table applies to one command.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -34,17 +38,22 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    #[arg(long, value_name = "DIR")]
+    /// Exported ONNX pipeline folder.
+    #[arg(short, long, value_name = "DIR")]
     pub model: PathBuf,
+    /// Denoising steps per run.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
-    #[arg(long)]
+    /// Width in pixels (default: the model's).
+    #[arg(short = 'W', long)]
     pub width: Option<usize>,
-    #[arg(long)]
+    /// Height in pixels (default: the model's).
+    #[arg(short = 'H', long)]
     pub height: Option<usize>,
     /// Timed runs after one warm-up run.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Guidance scale (above 1: two UNet batches per step).
     #[arg(long, default_value_t = 7.5)]
     pub guidance: f32,
     /// Scheduler for the timed runs (default: the folder's).
@@ -53,6 +62,7 @@ pub struct BenchArgs {
     /// Generator for the runs and the scheduler micro-benchmark (ancestral samplers draw every step).
     #[arg(long, default_value = "torch")]
     pub rng: String,
+    /// Machine-readable output (JSON).
     #[arg(long)]
     pub json: bool,
     /// Measure with --low-memory's policy (sessions created per phase and dropped).
@@ -65,104 +75,131 @@ pub struct BenchArgs {
 #[derive(Args, Debug, Clone)]
 pub struct RuntimeArgs {
     /// ONNX Runtime shared library (else ORT_DYLIB_PATH, else one next to the executable).
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long, value_name = "PATH", global = true, help_heading = MODEL)]
     pub ort_lib: Option<PathBuf>,
     /// Execution provider: cpu, cuda, tensorrt, directml, coreml.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", help_heading = MODEL)]
     pub ep: String,
-    #[arg(long, default_value_t = 0)]
+    /// GPU index for cuda, tensorrt and directml.
+    #[arg(long, default_value_t = 0, help_heading = MODEL)]
     pub device_id: i32,
     /// Provider option passed as-is, e.g. `--ep-option cudnn_conv_algo_search=HEURISTIC` (repeatable).
-    #[arg(long, value_name = "KEY=VALUE")]
+    #[arg(long, value_name = "KEY=VALUE", help_heading = MODEL)]
     pub ep_option: Vec<String>,
     /// Provider for one component, e.g. `--component-ep vae_decoder=cpu` (repeatable).
-    #[arg(long, value_name = "COMPONENT=EP")]
+    #[arg(long, value_name = "COMPONENT=EP", help_heading = MODEL)]
     pub component_ep: Vec<String>,
     /// TensorRT: build fp16 engines.
-    #[arg(long)]
+    #[arg(long, help_heading = MODEL)]
     pub trt_fp16: bool,
     /// CUDA/TensorRT: capture the UNet's run as a CUDA graph once and replay it every step (fixed shapes;
     /// falls back, with the reason, when ONNX Runtime cannot capture this graph).
-    #[arg(long)]
+    #[arg(long, help_heading = MODEL)]
     pub cuda_graph: bool,
-    /// Cache for optimised graphs and TensorRT engines (default: $SD_ONNX_CACHE, $XDG_CACHE_HOME/sd-onnx
-    /// or ~/.cache/sd-onnx).
-    #[arg(long, value_name = "DIR")]
+    /// Cache for optimised graphs, TensorRT engines and model hashes (default: $SD_ONNX_CACHE,
+    /// $XDG_CACHE_HOME/sd-onnx or ~/.cache/sd-onnx).
+    #[arg(long, value_name = "DIR", help_heading = MODEL)]
     pub cache_dir: Option<PathBuf>,
     /// Optimise graphs at every start instead of loading the cached optimised graph.
-    #[arg(long)]
+    #[arg(long, help_heading = MODEL)]
     pub no_graph_cache: bool,
     /// Intra-op threads (default: physical cores).
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long, value_name = "N", help_heading = MODEL)]
     pub threads: Option<usize>,
 }
 
+pub const GENERATION: &str = "Generation";
+pub const IMAGES: &str = "Images";
+pub const MODEL: &str = "Model and runtime";
+pub const OUTPUT: &str = "Output";
+
 #[derive(Args, Debug)]
 pub struct Txt2ImgArgs {
-    /// Exported ONNX pipeline folder (diffusers convert script or optimum layout).
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
-    #[arg(long)]
+    /// What to draw.
+    #[arg(short, long, help_heading = GENERATION)]
     pub prompt: String,
-    #[arg(long)]
+    /// What to steer away from (the unconditional half of classifier-free guidance; default: empty).
+    #[arg(short, long, value_name = "PROMPT", help_heading = GENERATION)]
     pub negative_prompt: Option<String>,
-    /// Denoising steps (default 25; 4 for guidance-distilled LCM models, diffusers' LCM default).
-    #[arg(long)]
+    /// Denoising steps (default 25; 4 for guidance-distilled LCM models, diffusers' LCM default). Heun and DPM2
+    /// call the UNet twice a step; the progress bar counts steps.
+    #[arg(allow_negative_numbers = true, long, value_name = "N", help_heading = GENERATION)]
     pub steps: Option<usize>,
-    /// Guidance scale (default 7.5; 5 for SDXL, 8.5 for LCM models). Classifier-free: 1 or less skips the unconditional
-    /// pass; LCM models take it as an embedding instead.
-    #[arg(long, allow_negative_numbers = true)]
+    /// Guidance scale (default 7.5; 5 for SDXL, 8.5 for LCM models). Classifier-free: 1 or less skips the
+    /// unconditional pass; LCM models take it as an embedding instead.
+    #[arg(short, long, visible_alias = "cfg-scale", allow_negative_numbers = true, help_heading = GENERATION)]
     pub guidance: Option<f32>,
     /// diffusers' guidance_rescale, 0 to 1 (0 = off): for zero-terminal-SNR models, 0.7 is the paper's value.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 0.0, help_heading = GENERATION)]
     pub guidance_rescale: f32,
-    /// Scheduler: the names `sd-onnx schedulers` lists, A1111's (`DPM++ 2M`, `Euler a`, `DPM++ 2M Karras`), the
-    /// `k_` aliases or sd.cpp's, any case (default: the class in scheduler_config.json).
-    #[arg(long)]
+    /// Sampler: pndm, ddim, ddpm, lms, euler, euler-a, heun, dpm++2m, dpm++2m-sde, unipc, kdpm2, kdpm2-a, deis,
+    /// lcm; or A1111's names (PLMS, Euler a, DPM++ 2M, "DPM++ 2M Karras"), the k_ aliases (k_euler_a), sd.cpp's
+    /// (euler_a, dpm++2m) or diffusers' classes, any case (default: the class in scheduler_config.json).
+    #[arg(long, visible_aliases = ["sampler", "sampling-method"], value_name = "NAME", help_heading = GENERATION)]
     pub scheduler: Option<String>,
-    /// Karras sigmas (use_karras_sigmas=True).
-    #[arg(long)]
+    /// Sigma schedule: uniform (diffusers' default spacing), karras, exponential or beta; only for schedulers
+    /// with sigmas (not pndm, ddim, ddpm, lcm; euler-a has only uniform). Default: the folder's config.
+    #[arg(long, value_name = "NAME", help_heading = GENERATION)]
+    pub schedule: Option<String>,
+    /// Shorthand for --schedule karras.
+    #[arg(long, help_heading = GENERATION)]
     pub karras: bool,
-    /// Seed (default, or -1 as in A1111: random, printed).
-    #[arg(long, allow_negative_numbers = true, value_parser = parse_seed)]
+    /// Seed of the first image; image i of the run gets seed + i (default, or -1 as in A1111: random, printed).
+    #[arg(short, long, allow_negative_numbers = true, value_parser = parse_seed, help_heading = GENERATION)]
     pub seed: Option<SeedArg>,
     /// torch: torch.Generator("cpu") (diffusers' PyTorch pipelines); numpy: RandomState (diffusers' ONNX
     /// pipelines); philox: torch.Generator("cuda") on NVIDIA GPUs (A1111's GPU/NV seeds), bit for bit.
-    #[arg(long, default_value = "torch")]
+    #[arg(long, default_value = "torch", value_name = "NAME", help_heading = GENERATION)]
     pub rng: String,
     /// Width in pixels (default: unet sample_size x VAE factor, else 512).
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, short = 'W', long, value_name = "PX", help_heading = IMAGES)]
     pub width: Option<usize>,
-    #[arg(long)]
+    /// Height in pixels (default: as --width).
+    #[arg(allow_negative_numbers = true, short = 'H', long, value_name = "PX", help_heading = IMAGES)]
     pub height: Option<usize>,
-    /// Images per prompt.
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
-    /// Output file: .png (default sd-onnx-<seed>.png), .jpg or .webp by its extension; with --batch, -<i> is added
-    /// before the extension.
-    #[arg(long)]
-    pub output: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    /// Images per UNet call (A1111's batch size); image i has its own generator seeded seed + i.
+    #[arg(allow_negative_numbers = true, long, visible_alias = "batch", default_value_t = 1, value_name = "N", help_heading = IMAGES)]
+    pub batch_size: usize,
+    /// Batches, one after the other (A1111's batch count; sd.cpp's -b); seeds continue across batches.
+    #[arg(allow_negative_numbers = true, short = 'b', long, default_value_t = 1, value_name = "N", help_heading = IMAGES)]
+    pub batch_count: usize,
+    /// One generator seeded once for each batch, as diffusers' `num_images_per_prompt` does: diffusers' images,
+    /// but image i is reproduced only by the same batch.
+    #[arg(long, help_heading = IMAGES)]
+    pub shared_generator: bool,
+    /// Exported ONNX pipeline folder (diffusers convert script or optimum layout).
+    #[arg(short, long, value_name = "DIR", help_heading = MODEL)]
+    pub model: PathBuf,
     /// Create each graph's session only while it is needed (lower peak memory, slower).
-    #[arg(long)]
+    #[arg(long, help_heading = MODEL)]
     pub low_memory: bool,
-    /// Write where the time went (session creation, inside Session::run, ours) to this JSON file.
-    #[arg(long, value_name = "PATH")]
-    pub timings_json: Option<PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    /// Output file: .png, .jpg or .webp by its extension (default sd-onnx-{seed}.png). Placeholders: {seed},
+    /// {i} (image index in the run), {batch}, {pos} (position in its batch), %d or %03d (= {i}); without one,
+    /// several images get -<i> before the extension. An existing file is refused unless --overwrite; default
+    /// names instead number past existing files (sd-onnx-5-2.png).
+    #[arg(short, long, value_name = "PATH", help_heading = OUTPUT)]
+    pub output: Option<PathBuf>,
+    /// Replace existing output files.
+    #[arg(long, help_heading = OUTPUT)]
+    pub overwrite: bool,
+    /// No progress, notes or file names (errors and warnings still print).
+    #[arg(short, long, help_heading = OUTPUT)]
+    pub quiet: bool,
+    /// Write where the time went (session creation, inside Session::run, ours) to this JSON file.
+    #[arg(long, value_name = "PATH", help_heading = OUTPUT)]
+    pub timings_json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct Img2ImgArgs {
     /// The starting image (PNG, JPEG or WebP); its size, rounded down to the VAE factor, unless --width/--height.
-    #[arg(long, value_name = "PATH")]
+    #[arg(short, long, value_name = "PATH", help_heading = IMAGES)]
     pub init_image: PathBuf,
     /// Share of the schedule to run, in [0, 1]: 0 returns the image re-encoded, 1 ignores most of it
     /// (default: diffusers' img2img pipelines', 0.8, or 0.3 for SDXL).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, help_heading = IMAGES)]
     pub strength: Option<f64>,
     #[command(flatten)]
     pub common: Txt2ImgArgs,
@@ -170,13 +207,14 @@ pub struct Img2ImgArgs {
 
 #[derive(Args, Debug)]
 pub struct InpaintArgs {
-    #[arg(long, value_name = "PATH")]
+    /// The image to repaint (PNG, JPEG or WebP).
+    #[arg(short, long, value_name = "PATH", help_heading = IMAGES)]
     pub init_image: PathBuf,
     /// White = repaint, black = keep (converted to grayscale and binarised at 50%).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = IMAGES)]
     pub mask: PathBuf,
     /// Share of the schedule to run (default: diffusers' inpainting pipelines', 1.0, or 0.9999 for SDXL).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, help_heading = IMAGES)]
     pub strength: Option<f64>,
     #[command(flatten)]
     pub common: Txt2ImgArgs,
@@ -184,7 +222,8 @@ pub struct InpaintArgs {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    #[arg(long, value_name = "DIR", required_unless_present = "providers")]
+    /// Exported ONNX pipeline folder.
+    #[arg(short, long, value_name = "DIR", required_unless_present = "providers")]
     pub model: Option<PathBuf>,
     /// List the execution providers the loaded ONNX Runtime library offers.
     #[arg(long)]
@@ -198,10 +237,13 @@ pub struct InspectArgs {
 
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {
-    #[arg(long, value_name = "DIR")]
+    /// Exported ONNX pipeline folder (its tokenizer).
+    #[arg(short, long, value_name = "DIR")]
     pub model: PathBuf,
+    /// Machine-readable output: {"ids", "tokens", "truncated"}.
     #[arg(long)]
     pub json: bool,
+    /// The prompt to tokenize.
     pub text: String,
 }
 

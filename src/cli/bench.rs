@@ -3,7 +3,7 @@
 use super::args::BenchArgs;
 use super::{load_runtime, ms, parse_rng};
 use sd_onnx::error::{Error, Result};
-use sd_onnx::pipeline::{MemoryMode, Pipeline, Request};
+use sd_onnx::pipeline::{BatchSeeds, MemoryMode, Pipeline, Request};
 use sd_onnx::profile::ModelProfile;
 use sd_onnx::schedulers::SchedulerKind;
 
@@ -27,12 +27,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         guidance: a.guidance,
         guidance_rescale: 0.0,
         scheduler,
-        karras: false,
+        schedule: None,
         seed: 0,
+        seeds: BatchSeeds::Consecutive,
         rng: parse_rng(&a.rng)?,
         width: a.width.unwrap_or(dw),
         height: a.height.unwrap_or(dh),
         batch: 1,
+        batch_count: 1,
         init: None,
         prompt_embeds: None,
     };

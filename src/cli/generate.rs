@@ -2,16 +2,21 @@
 //! images are written and what happened is printed.
 
 use super::args::Txt2ImgArgs;
+use super::progress::Ui;
 use super::{load_runtime, ms, parse_rng};
-use sd_onnx::error::Result;
+use sd_onnx::error::{Error, Result};
 use sd_onnx::graphs::EncoderOutput;
 use sd_onnx::images;
-use sd_onnx::output::{OutputFormat, a1111_parameters, check_output_path, encode, write_atomic};
-use sd_onnx::pipeline::{InitIntent, Intent, MemoryMode, Pipeline, Progress, resolve};
+use sd_onnx::infotext;
+use sd_onnx::model_hash::unet_hash;
+use sd_onnx::output::{
+    ImageSlot, OutputFormat, check_output_path, encode, output_paths, write_atomic,
+};
+use sd_onnx::pipeline::{BatchSeeds, InitIntent, Intent, MemoryMode, Pipeline, resolve};
 use sd_onnx::profile::ModelProfile;
-use sd_onnx::schedulers::SchedulerKind;
+use sd_onnx::schedulers::{SchedulerKind, SigmaSpacing};
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// img2img / inpaint inputs as given on the command line (`strength`: none given, the pipeline's default).
@@ -19,22 +24,6 @@ pub struct InitSpec {
     pub image: PathBuf,
     pub mask: Option<PathBuf>,
     pub strength: Option<f64>,
-}
-
-/// `out.png` -> `out-1.png` for the second image of a batch.
-fn batch_path(base: &Path, i: usize, batch: usize) -> PathBuf {
-    if batch == 1 {
-        return base.to_path_buf();
-    }
-    let stem = base
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let ext = base
-        .extension()
-        .map(|e| e.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "png".into());
-    base.with_file_name(format!("{stem}-{i}.{ext}"))
 }
 
 fn intent(a: &Txt2ImgArgs, init: Option<InitSpec>) -> Result<Intent> {
@@ -56,6 +45,33 @@ fn intent(a: &Txt2ImgArgs, init: Option<InitSpec>) -> Result<Intent> {
         .as_deref()
         .map(SchedulerKind::parse_name)
         .transpose()?;
+    let flag = match &a.schedule {
+        Some(name) => Some(SigmaSpacing::parse(name).ok_or_else(|| {
+            Error::Usage(format!(
+                "--schedule {name}: choose uniform, karras, exponential or beta"
+            ))
+        })?),
+        None => None,
+    };
+    let mut asked = Vec::new();
+    if let Some(s) = flag {
+        asked.push(("--schedule", s));
+    }
+    if a.karras {
+        asked.push(("--karras", SigmaSpacing::Karras));
+    }
+    if let Some(s) = named.and_then(|(_, s)| s) {
+        asked.push(("--scheduler", s));
+    }
+    if let Some((w1, s1)) = asked.first()
+        && let Some((w2, s2)) = asked.iter().find(|(_, s)| s != s1)
+    {
+        return Err(Error::Usage(format!(
+            "{w1} asks for the {} schedule and {w2} for {}: give one",
+            s1.name(),
+            s2.name()
+        )));
+    }
     Ok(Intent {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
@@ -63,57 +79,83 @@ fn intent(a: &Txt2ImgArgs, init: Option<InitSpec>) -> Result<Intent> {
         guidance: a.guidance,
         guidance_rescale: Some(a.guidance_rescale),
         scheduler: named.map(|(k, _)| k),
-        karras: a.karras || named.is_some_and(|(_, karras)| karras),
+        schedule: asked.first().map(|(_, s)| *s),
         seed: a.seed.and_then(|s| s.0),
+        seeds: if a.shared_generator {
+            BatchSeeds::Shared
+        } else {
+            BatchSeeds::Consecutive
+        },
         rng: parse_rng(&a.rng)?,
         width: a.width,
         height: a.height,
-        batch: Some(a.batch),
+        batch: Some(a.batch_size),
+        batch_count: Some(a.batch_count),
         init,
         prompt_embeds: None,
     })
 }
 
-fn progress_bar(show: bool) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(0);
-    b.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {its} {msg}")
-            .map(|st| {
-                st.with_key(
-                    "its",
-                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                        let _ = write!(w, "{:.2} it/s", state.per_sec());
-                    },
-                )
-            })
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    b
-}
-
 pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     let process_start = Instant::now();
-    // Cheap checks first, before anything is loaded: every output must be writable where it is asked for.
+    let show = !a.quiet && std::io::stderr().is_terminal();
+    let mut ui = Ui::new(show);
+    // Cheap checks first, before anything is loaded.
     if let Some(out) = &a.output {
         OutputFormat::from_path(out)?;
-        for i in 0..a.batch.min(sd_onnx::pipeline::limits::MAX_BATCH) {
-            check_output_path(&batch_path(out, i, a.batch), "--output")?;
-        }
     }
     if let Some(t) = &a.timings_json {
         check_output_path(t, "--timings-json")?;
     }
     let intent = intent(&a, init)?;
     let profile = ModelProfile::load(&a.model)?;
-    // Defaults, sizes, images and validation: before any graph is loaded.
-    let plan = resolve(&profile, intent)?;
-    for n in &plan.notes {
-        eprintln!("note: {n}");
+    // Defaults, sizes, images and validation: before any graph is loaded. A schedule refused is blamed on the
+    // flag that asked for it.
+    let plan = resolve(&profile, intent).map_err(|e| match e {
+        Error::Invalid {
+            field: "schedule",
+            msg,
+        } if a.schedule.is_none() => {
+            let rest = msg.split_once(' ').map_or(msg.as_str(), |(_, r)| r);
+            match (&a.scheduler, a.karras) {
+                (_, true) => Error::Usage(format!("--karras {rest}")),
+                (Some(name), false) => Error::Usage(format!("--scheduler {name}: {msg}")),
+                (None, false) => Error::Invalid {
+                    field: "schedule",
+                    msg,
+                },
+            }
+        }
+        other => other,
+    })?;
+    let req = plan.request.clone();
+    // Every file name, decided and checked before the run: nothing is clobbered, no run is wasted.
+    let slots: Vec<ImageSlot> = (0..req.batch_count)
+        .flat_map(|b| {
+            req.seeds(b)
+                .into_iter()
+                .enumerate()
+                .map(move |(pos, seed)| ImageSlot {
+                    seed,
+                    batch: b,
+                    pos,
+                })
+        })
+        .collect();
+    let paths = output_paths(a.output.as_deref(), &slots, a.overwrite)?;
+    for p in &paths {
+        OutputFormat::from_path(p)?;
+        check_output_path(p, "--output")?;
     }
-    let req = &plan.request;
+    ui.stage("loading ONNX Runtime");
+    let say = |ui: &Ui, line: String| {
+        if !a.quiet {
+            ui.bar_println(line);
+        }
+    };
+    for n in &plan.notes {
+        say(&ui, format!("note: {n}"));
+    }
     let shapes =
         profile
             .family()
@@ -122,35 +164,37 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     let runtime = load_runtime(&a.runtime, Some(&shapes), a.low_memory)?;
     let ort_setup = t_ort.elapsed();
     let what = format!("{}x{} batch {}", req.width, req.height, req.batch);
-    if let Some(note) = runtime.config.engine_build_note(&what).filter(|_| !a.quiet) {
-        eprintln!("note: {note}");
+    if let Some(note) = runtime.config.engine_build_note(&what) {
+        say(&ui, format!("note: {note}"));
     }
-    let model_name = profile.name();
+    ui.stage("hashing the UNet's weights (once per file; cached)");
+    let model_hash = unet_hash(&profile, runtime.config.cache_dir.as_deref())?;
     let memory = if a.low_memory {
         MemoryMode::Low
     } else {
         MemoryMode::OneShot
     };
+    ui.stage("creating sessions");
     let t_sessions = Instant::now();
+    let texts: Vec<String> = slots
+        .iter()
+        .map(|s| infotext::for_image(&req, &profile, s.seed, s.pos, Some(&model_hash)))
+        .collect();
     let mut pipeline = Pipeline::with_memory(&runtime, profile, memory)?;
     let session_creation = t_sessions.elapsed();
-    let bar = progress_bar(!a.quiet && std::io::stderr().is_terminal());
-    let (seed, batch) = (req.seed, req.batch);
-    if a.seed.and_then(|s| s.0).is_none() && !a.quiet {
-        eprintln!("seed: {seed}");
+    if a.seed.and_then(|s| s.0).is_none() {
+        say(&ui, format!("seed: {}", req.seed));
     }
-    let params = a1111_parameters(req, seed, &model_name);
-    let is_init = req.init.is_some();
-    let result = pipeline.run(plan, &mut |p| match p {
-        Progress::Step { done, total } => {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
+    let result = pipeline.run(plan, &mut |p| ui.on(p));
+    let generated = match result {
+        Ok(g) => g,
+        Err(e) => {
+            ui.finish(false, 0);
+            return Err(e);
         }
-        Progress::Decoding => bar.set_message("decoding"),
-    });
-    bar.finish_and_clear();
-    let generated = result?;
-    if pipeline.encoder_output() == Some(EncoderOutput::Sample) && is_init && !a.quiet {
+    };
+    let summary = ui.finish(!a.quiet, generated.timings.unet.len());
+    if pipeline.encoder_output() == Some(EncoderOutput::Sample) && req.init.is_some() && !a.quiet {
         eprintln!(
             "note: this export samples its VAE latents inside the graph (`latent_sample`); the result cannot be reproduced exactly"
         );
@@ -158,20 +202,25 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     for w in generated.warnings.iter().chain(&runtime.take_warnings()) {
         eprintln!("warning: {w}");
     }
-    let base = a
-        .output
-        .unwrap_or_else(|| PathBuf::from(format!("sd-onnx-{seed}.png")));
-    // A batch is all or nothing: every image is encoded first, and if one cannot be written, the ones written
-    // before it are removed again.
+    // All or nothing: every image is encoded first, and if one cannot be written, the ones written before it
+    // are removed again. Names were checked before the run; one that appeared meanwhile is not clobbered.
     let mut files = Vec::with_capacity(generated.images.len());
-    for (i, img) in generated.images.iter().enumerate() {
-        let path = batch_path(&base, i, batch);
-        files.push((encode(img, OutputFormat::from_path(&path)?, &params)?, path));
+    for ((img, path), text) in generated.images.iter().zip(&paths).zip(&texts) {
+        files.push((encode(img, OutputFormat::from_path(path)?, text)?, path));
     }
     for (i, (bytes, path)) in files.iter().enumerate() {
-        if let Err(e) = write_atomic(path, bytes) {
-            for (_, written) in &files[..i] {
-                let _ = std::fs::remove_file(written);
+        let appeared = !a.overwrite && std::fs::metadata(path).is_ok_and(|m| m.is_file());
+        let written = if appeared {
+            Err(Error::Usage(format!(
+                "--output {}: appeared during the run; not replaced (pass --overwrite)",
+                path.display()
+            )))
+        } else {
+            write_atomic(path, bytes)
+        };
+        if let Err(e) = written {
+            for (_, done) in &files[..i] {
+                let _ = std::fs::remove_file(done);
             }
             return Err(e);
         }
@@ -180,6 +229,9 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
         for (_, path) in &files {
             println!("{}", path.display());
         }
+    }
+    if let Some(line) = summary {
+        eprintln!("{line}");
     }
     if let Some(path) = &a.timings_json {
         let t = &generated.timings;

@@ -4,11 +4,14 @@
 
 mod args;
 mod bench;
+mod config;
 mod generate;
 mod inspect;
+mod progress;
 
 pub use args::Cli;
 use args::{Command, RuntimeArgs};
+pub use config::argv;
 use sd_onnx::error::{Error, Result};
 use sd_onnx::pipeline::family::GraphShapes;
 use sd_onnx::profile::ModelProfile;
@@ -16,6 +19,23 @@ use sd_onnx::rng::RngKind;
 use sd_onnx::runtime::{ProviderSettings, Runtime, RuntimeConfig};
 use sd_onnx::schedulers::SchedulerKind;
 use sd_onnx::tokenizer::ClipTokenizer;
+
+/// clap's error on one line (its message and what it lists, without the usage block and the tip), so that a
+/// usage error reads like every other error.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut parts = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line));
+        }
+    }
+    parts.join(" ")
+}
 
 /// Run one subcommand.
 pub fn run(cli: Cli) -> Result<()> {
@@ -93,23 +113,35 @@ fn tokenize(a: args::TokenizeArgs) -> Result<()> {
     let profile = ModelProfile::load(&a.model)?;
     let tok = ClipTokenizer::from_dir(&profile.tokenizer_dir)?;
     let enc = tok.encode(&a.text)?;
+    let tokens: Vec<&str> = enc
+        .ids
+        .iter()
+        .map(|&i| tok.token(i).unwrap_or("?"))
+        .collect();
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"ids": enc.ids, "truncated": enc.truncated})
+            serde_json::json!({"ids": enc.ids, "tokens": tokens, "truncated": enc.truncated})
         );
-    } else {
-        println!(
-            "{}",
-            enc.ids
-                .iter()
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        if let Some(cut) = enc.truncated {
-            eprintln!("warning: longer than 77 tokens; cut: \"{cut}\"");
-        }
+        return Ok(());
+    }
+    // One line per token up to the end token, then the padding counted (A1111 shows "N/75").
+    let used = enc.ids[1..]
+        .iter()
+        .position(|&i| i == tok.eos())
+        .unwrap_or(enc.ids.len() - 2);
+    for (id, t) in enc.ids.iter().zip(&tokens).take(used + 2) {
+        println!("{id:>6}  {t}");
+    }
+    let (pad, pad_id) = tok.pad_token();
+    println!(
+        "{:>6}  {pad} x {} (padding to 77)",
+        pad_id,
+        enc.ids.len() - used - 2
+    );
+    eprintln!("{used}/75 tokens");
+    if let Some(cut) = enc.truncated {
+        eprintln!("warning: longer than 75 tokens; cut: \"{cut}\"");
     }
     Ok(())
 }

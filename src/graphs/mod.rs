@@ -78,6 +78,34 @@ impl Port {
     }
 }
 
+/// Check, without creating a session, that `component`'s graph file is a readable ONNX graph: for graphs a run
+/// opens only late (the VAE decoder after the whole loop, when sessions are created as needed), so that a broken
+/// file is bad input before the first step rather than after the last. Files over 2 GiB (beyond what one
+/// protobuf holds) are left to ONNX Runtime.
+pub fn precheck(component: &Component) -> Result<()> {
+    let path = &component.graph;
+    let read_err = |source| Error::Read {
+        path: path.clone(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > (2u64 << 30) {
+        return Ok(());
+    }
+    let bytes = std::fs::read(path).map_err(read_err)?;
+    if crate::onnx_proto::is_graph(&bytes) {
+        Ok(())
+    } else {
+        Err(Error::model(
+            path,
+            format!(
+                "is not a readable ONNX graph ({len} bytes: empty, truncated or not ONNX); re-export the {}",
+                component.name
+            ),
+        ))
+    }
+}
+
 /// ONNX's name for an element type (`float16`, `int64`, ...).
 pub fn dtype_name(t: TensorElementType) -> &'static str {
     match t {

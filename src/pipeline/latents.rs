@@ -78,10 +78,7 @@ pub(crate) fn prepare(
     start.latents = match &req.init {
         None => noise(shape, noise_src)?.mapv(|v| v * scheduler.init_noise_sigma()),
         Some(init) if init.mask.is_none() => {
-            let encoded = repeat(
-                &encode(sessions, profile, &init.image, noise_src)?,
-                req.batch,
-            )?;
+            let encoded = encode(sessions, profile, &init.image, req.batch, noise_src)?;
             if begin >= steps {
                 encoded // strength 0: the input, re-encoded
             } else {
@@ -124,10 +121,7 @@ fn inpainting(
     let inpaint_unet = profile.inpainting_unet();
     let full_strength = init.strength >= 1.0;
     let image_latents = if !inpaint_unet || !full_strength {
-        Some(repeat(
-            &encode(sessions, profile, &init.image, noise_src)?,
-            batch,
-        )?)
+        Some(encode(sessions, profile, &init.image, batch, noise_src)?)
     } else {
         None
     };
@@ -149,7 +143,7 @@ fn inpainting(
             }
         });
     }
-    let mi = repeat(&encode(sessions, profile, &masked, noise_src)?, batch)?;
+    let mi = encode(sessions, profile, &masked, batch, noise_src)?;
     let m4 = Latents::from_shape_fn((batch, 1, shape.2, shape.3), |(_, _, y, x)| m[[y, x]]);
     if inpaint_unet {
         start.unet_extra_channels = Some(if guided {
@@ -167,12 +161,18 @@ fn inpainting(
     Ok(latents)
 }
 
-/// `retrieve_latents(vae.encode(image), generator) * scaling_factor`: the latent distribution sampled
-/// with the run's generator (`mean + std * randn`), or the graph's own sample for legacy exports.
+/// `retrieve_latents(vae.encode(image), generator) * scaling_factor` for a batch of `batch` copies of
+/// `image`: the latent distribution sampled with the run's generator (`mean + std * randn`), or the graph's own
+/// sample for legacy exports. The image is encoded once. With one generator, one sample is drawn and repeated
+/// (diffusers encodes the single image, then repeats its latents); with one generator per image, each draws its
+/// own sample, as image `i` alone would (diffusers' img2img with a list of generators does the same; its
+/// inpainting pipeline instead samples once with `generator[0]`, so there image `i` is reproducible alone only
+/// here).
 fn encode(
     sessions: &mut Sessions,
     profile: &ModelProfile,
     image: &Array4<f32>,
+    batch: usize,
     noise: &mut dyn NoiseSource,
 ) -> Result<Latents> {
     let c = profile.latent_channels.value;
@@ -180,8 +180,10 @@ fn encode(
     let encoder = sessions.vae_encoder(profile)?;
     let out = encoder.encode(image)?;
     let mut latents = if out.shape()[1] == 2 * c {
-        let mean = out.slice(s![.., ..c, .., ..]).to_owned();
-        let logvar = out.slice(s![.., c.., .., ..]);
+        let per_image = batch > 1 && noise.streams() == batch;
+        let copies = if per_image { batch } else { 1 };
+        let mean = repeat(&out.slice(s![.., ..c, .., ..]).to_owned(), copies)?;
+        let logvar = repeat(&out.slice(s![.., c.., .., ..]).to_owned(), copies)?;
         let eps = crate::schedulers::noise_like(&mean, noise);
         let mut z = mean;
         ndarray::Zip::from(&mut z)
@@ -191,9 +193,9 @@ fn encode(
                 let std = (0.5 * lv.clamp(-30.0, 20.0)).exp();
                 *m += std * e;
             });
-        z
+        if per_image { z } else { repeat(&z, batch)? }
     } else if out.shape()[1] == c {
-        out
+        repeat(&out, batch)?
     } else {
         return Err(Error::model(
             &encoder.graph.path,

@@ -8,6 +8,8 @@ pub const MAX_PIXELS: usize = 4096 * 4096;
 pub const MAX_SIDE: usize = 8192;
 /// Images per run.
 pub const MAX_BATCH: usize = 64;
+/// Batches in one request (A1111's UI stops at 100).
+pub const MAX_BATCH_COUNT: usize = 10_000;
 /// Latent pixels in one run (batch x latent height x latent width): 64 images of 1024 x 1024 on SD's VAE.
 pub const MAX_LATENT_PIXELS: usize = 64 * 128 * 128;
 /// Input images are decoded only up to this size (and this many bytes), before any resizing.

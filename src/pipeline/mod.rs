@@ -27,7 +27,7 @@ mod sessions;
 pub use conditioning::{PromptEmbeds, guidance_scale_embedding};
 pub use decode::RgbImage;
 pub use family::{Family, Guidance, RunDefaults, TextConditioning};
-pub use request::{Init, InitIntent, Intent, Plan, Request, random_seed, resolve};
+pub use request::{BatchSeeds, Init, InitIntent, Intent, Plan, Request, random_seed, resolve};
 pub use sessions::MemoryMode;
 
 use crate::error::Result;
@@ -46,11 +46,12 @@ use std::time::{Duration, Instant};
 pub struct Generated {
     /// The images, in batch order.
     pub images: Vec<RgbImage>,
-    /// Each image's seed. A batch draws from one generator seeded once (diffusers'
-    /// `generator=torch.Generator().manual_seed(seed)` with `num_images_per_prompt`), so all are the request's
-    /// seed; image `i` is reproduced by the same request, not by seed + i.
+    /// Each image's seed ([`Request::seeds`]): seed + `i` with [`BatchSeeds::Consecutive`], each image
+    /// reproduced alone by its seed; the batch's seed for all with [`BatchSeeds::Shared`].
     pub seeds: Vec<u64>,
-    /// The final latents, before the VAE (for parity checks).
+    /// Each image's position in its batch (A1111's "Batch pos").
+    pub batch_pos: Vec<usize>,
+    /// The final latents of every image, before the VAE (for parity checks).
     pub latents: Latents,
     /// Things that went differently than asked (prompt truncated, fallbacks), one sentence each.
     pub warnings: Vec<String>,
@@ -85,6 +86,15 @@ pub struct Timings {
 
 /// What the pipeline reports while it runs.
 pub enum Progress {
+    /// The prompt is being encoded.
+    Encoding,
+    /// A batch starts (every request has at least one).
+    Batch {
+        /// 0-based.
+        index: usize,
+        /// Batches in the request.
+        count: usize,
+    },
     /// A denoising step finished.
     Step {
         /// Steps done in this run.
@@ -134,6 +144,9 @@ impl Pipeline {
         let mut sessions = Sessions::new(runtime.clone(), memory);
         if memory == MemoryMode::KeepAll {
             sessions.open_all(&profile)?;
+        } else {
+            // Opened only after the loop: a broken file is found now, not after the last step.
+            crate::graphs::precheck(&profile.vae_decoder)?;
         }
         Ok(Pipeline {
             family: profile.family(),
@@ -200,11 +213,11 @@ impl Pipeline {
     pub fn run(&mut self, plan: Plan, progress: &mut dyn FnMut(Progress)) -> Result<Generated> {
         let Plan {
             request: req,
-            mut scheduler,
+            scheduler,
             ..
         } = plan;
         self.interrupt.store(false, Ordering::Relaxed);
-        let (profile, family) = (&self.profile, self.family);
+        let family = self.family;
         let mut warnings = Vec::new();
         let mut timings = Timings::default();
         if req.negative_prompt.is_some() && !family.uses_negative_prompt() {
@@ -215,7 +228,8 @@ impl Pipeline {
             );
         }
 
-        // 1. Conditioning.
+        // 1. Conditioning, once for every batch.
+        progress(Progress::Encoding);
         let started = Instant::now();
         let guided = family.guided(req.guidance);
         let encoded;
@@ -224,7 +238,7 @@ impl Pipeline {
             None => {
                 encoded = conditioning::encode_prompt(
                     &mut self.sessions,
-                    profile,
+                    &self.profile,
                     &self.tokenizers,
                     &req.prompt,
                     req.negative_prompt.as_deref(),
@@ -245,25 +259,77 @@ impl Pipeline {
         timings.text = started.elapsed();
         self.sessions.done(Done::Text);
 
-        // 2. Starting latents.
-        let mut noise = req.rng.build(req.seed);
+        // 2.-4. Each batch: starting latents, denoising, decoding.
+        let mut first = Some(scheduler);
+        let (mut images, mut seeds, mut batch_pos, mut all_latents) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for index in 0..req.batch_count {
+            progress(Progress::Batch {
+                index,
+                count: req.batch_count,
+            });
+            let scheduler = match first.take() {
+                Some(s) => s,
+                None => req.build_scheduler(&self.profile)?,
+            };
+            let (imgs, latents) = self.run_batch(
+                &req,
+                index,
+                scheduler,
+                &cond,
+                &mut timings,
+                &mut warnings,
+                progress,
+            )?;
+            images.extend(imgs);
+            seeds.extend(req.seeds(index));
+            batch_pos.extend(0..req.batch);
+            all_latents.push(latents);
+        }
+        let views: Vec<_> = all_latents.iter().map(|l| l.view()).collect();
+        let latents = ndarray::concatenate(ndarray::Axis(0), &views)
+            .map_err(|e| crate::Error::Usage(format!("latents of the batches: {e}")))?;
+        Ok(Generated {
+            images,
+            seeds,
+            batch_pos,
+            latents,
+            warnings,
+            timings,
+        })
+    }
+
+    /// One batch of a request: its generator, starting latents, the denoising loop and the decode.
+    #[allow(clippy::too_many_arguments)]
+    fn run_batch(
+        &mut self,
+        req: &Request,
+        index: usize,
+        mut scheduler: Box<dyn crate::schedulers::Scheduler>,
+        cond: &conditioning::Conditioning,
+        timings: &mut Timings,
+        warnings: &mut Vec<String>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(Vec<RgbImage>, Latents)> {
+        let profile = &self.profile;
+        let guided = self.family.guided(req.guidance);
+        let mut noise = req.noise(index);
         let start = latents::prepare(
             &mut self.sessions,
             profile,
-            &req,
+            req,
             scheduler.as_ref(),
             noise.as_mut(),
         )?;
-        self.sessions.done(Done::Encoding);
-
-        // 3. Denoising.
+        let last = index + 1 == req.batch_count;
+        self.sessions.done_batch(Done::Encoding, last);
         let latents = if start.begin < scheduler.timesteps().len() {
-            let steps = run_steps(&req, profile, scheduler.timesteps().len() - start.begin);
+            let steps = run_steps(req, profile, scheduler.timesteps().len() - start.begin);
             let unet = self.sessions.unet(profile)?;
             let lp = denoise::Loop {
                 scheduler: scheduler.as_mut(),
                 noise: noise.as_mut(),
-                cond: &cond,
+                cond,
                 guided,
                 guidance: req.guidance,
                 guidance_rescale: req.guidance_rescale,
@@ -271,24 +337,16 @@ impl Pipeline {
                 steps,
                 interrupt: &self.interrupt,
             };
-            denoise::denoise(unet, start, lp, &mut timings, &mut warnings, progress)?
+            denoise::denoise(unet, start, lp, timings, warnings, progress)?
         } else {
             start.latents
         };
-        self.sessions.done(Done::Denoising);
-
-        // 4. Decoding.
+        self.sessions.done_batch(Done::Denoising, last);
         progress(Progress::Decoding);
         let decode_start = Instant::now();
-        let images = decode::decode(&mut self.sessions, profile, &latents, &mut warnings)?;
-        timings.decode = decode_start.elapsed();
-        self.sessions.done(Done::Decoding);
-        Ok(Generated {
-            seeds: vec![req.seed; images.len()],
-            images,
-            latents,
-            warnings,
-            timings,
-        })
+        let images = decode::decode(&mut self.sessions, profile, &latents, warnings)?;
+        timings.decode += decode_start.elapsed();
+        self.sessions.done_batch(Done::Decoding, last);
+        Ok((images, latents))
     }
 }

@@ -10,7 +10,7 @@ use crate::pipeline::conditioning::PromptEmbeds;
 use crate::pipeline::limits;
 use crate::profile::ModelProfile;
 use crate::rng::RngKind;
-use crate::schedulers::{Scheduler, SchedulerKind};
+use crate::schedulers::{Scheduler, SchedulerKind, SigmaSpacing};
 use image::DynamicImage;
 use ndarray::{Array2, Array4};
 
@@ -42,18 +42,22 @@ pub struct Request {
     pub guidance_rescale: f32,
     /// The sampler.
     pub scheduler: SchedulerKind,
-    /// Karras sigmas (`use_karras_sigmas=True`).
-    pub karras: bool,
-    /// The generator's seed (one generator for the whole batch, as diffusers seeds it).
+    /// The sigma schedule asked for (`use_karras_sigmas` and friends); `None`: the folder's config decides.
+    pub schedule: Option<SigmaSpacing>,
+    /// The seed of the first image (see [`Request::seeds`] for the others).
     pub seed: u64,
+    /// How a batch is seeded.
+    pub seeds: BatchSeeds,
     /// Which generator reproduces the seed.
     pub rng: RngKind,
     /// Image width in pixels.
     pub width: usize,
     /// Image height in pixels.
     pub height: usize,
-    /// Images per prompt.
+    /// Images per UNet call (A1111's batch size).
     pub batch: usize,
+    /// Batches run one after the other (A1111's batch count); seeds continue from batch to batch.
+    pub batch_count: usize,
     /// img2img / inpainting input; `None` for txt2img.
     pub init: Option<Init>,
     /// Embeddings to use instead of encoding `prompt` and `negative_prompt` (diffusers' `prompt_embeds` and
@@ -77,22 +81,39 @@ pub struct Intent {
     pub guidance_rescale: Option<f32>,
     /// The sampler (default: the class in the folder's scheduler_config.json).
     pub scheduler: Option<SchedulerKind>,
-    /// Karras sigmas.
-    pub karras: bool,
+    /// The sigma schedule (default: the folder's config).
+    pub schedule: Option<SigmaSpacing>,
     /// The seed; `None` picks a random one (A1111's -1), returned in the [`Request`].
     pub seed: Option<u64>,
+    /// How a batch is seeded (default: image `i` gets seed + `i`, with its own generator).
+    pub seeds: BatchSeeds,
     /// The generator (default: torch's CPU generator, as diffusers' PyTorch pipelines).
     pub rng: RngKind,
     /// Width in pixels (default: the input image's, else the UNet's sample size x VAE factor, else 512).
     pub width: Option<usize>,
     /// Height in pixels (as `width`).
     pub height: Option<usize>,
-    /// Images per prompt (default 1).
+    /// Images per UNet call (default 1).
     pub batch: Option<usize>,
+    /// Batches, one after the other (default 1).
+    pub batch_count: Option<usize>,
     /// img2img / inpainting input.
     pub init: Option<InitIntent>,
     /// Precomputed embeddings instead of the text encoders.
     pub prompt_embeds: Option<PromptEmbeds>,
+}
+
+/// How the images of a batch are seeded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchSeeds {
+    /// Image `i` gets seed + `i` and its own generator, as A1111 and stable-diffusion.cpp seed batches and as
+    /// diffusers does given `generator=[torch.Generator().manual_seed(seed + i) for i in ...]`: each image is
+    /// the image a run of one with its seed gives, and says that seed.
+    #[default]
+    Consecutive,
+    /// One generator seeded once for the whole batch (diffusers' `generator=torch.Generator().manual_seed(seed)`
+    /// with `num_images_per_prompt`): every image says the same seed and is reproduced only by the same batch.
+    Shared,
 }
 
 /// An input image as given: decoded, at any size (read files with [`images::read`]).
@@ -208,12 +229,14 @@ pub fn resolve(profile: &ModelProfile, intent: Intent) -> Result<Plan> {
         guidance: intent.guidance.unwrap_or(defaults.guidance),
         guidance_rescale: intent.guidance_rescale.unwrap_or(0.0),
         scheduler,
-        karras: intent.karras,
+        schedule: intent.schedule,
         seed: intent.seed.unwrap_or_else(random_seed),
+        seeds: intent.seeds,
         rng: intent.rng,
         width,
         height,
         batch: intent.batch.unwrap_or(1),
+        batch_count: intent.batch_count.unwrap_or(1),
         init,
         prompt_embeds: intent.prompt_embeds,
     };
@@ -296,7 +319,7 @@ fn check_size(profile: &ModelProfile, width: usize, height: usize) -> Result<()>
 }
 
 impl Request {
-    /// Validate the request against the model and build its scheduler (with `karras` applied): the one
+    /// Validate the request against the model and build its scheduler (with `schedule` applied): the one
     /// place a request is checked. [`resolve`] ends here; [`crate::pipeline::Pipeline::generate`] calls it
     /// for requests built by hand.
     pub fn plan(self, profile: &ModelProfile) -> Result<Plan> {
@@ -308,6 +331,30 @@ impl Request {
             return Err(invalid(
                 "batch",
                 format!("{} is not between 1 and {}", self.batch, limits::MAX_BATCH),
+            ));
+        }
+        if self.batch_count == 0 || self.batch_count > limits::MAX_BATCH_COUNT {
+            return Err(invalid(
+                "batch_count",
+                format!(
+                    "{} is not between 1 and {}",
+                    self.batch_count,
+                    limits::MAX_BATCH_COUNT
+                ),
+            ));
+        }
+        if self
+            .seed
+            .checked_add((self.batch * self.batch_count) as u64 - 1)
+            .is_none()
+        {
+            return Err(invalid(
+                "seed",
+                format!(
+                    "{} + {} images passes 2^64-1 (image i is seeded with seed + i)",
+                    self.seed,
+                    self.batch * self.batch_count
+                ),
             ));
         }
         let f = profile.vae_factor.value;
@@ -374,32 +421,7 @@ impl Request {
                 ),
             ));
         }
-        if self.karras && !self.scheduler.has_sigma_schedule() {
-            let can: Vec<&str> = SchedulerKind::all()
-                .map(|(k, n, _)| (k, n))
-                .filter(|(k, _)| k.has_sigma_schedule())
-                .map(|(_, n)| n)
-                .collect();
-            return Err(invalid(
-                "karras",
-                format!(
-                    "does not apply to {} ({} has no sigma schedule); schedulers with Karras sigmas: {}",
-                    self.scheduler.name(),
-                    self.scheduler.class_name(),
-                    can.join(", ")
-                ),
-            ));
-        }
-        let mut config = profile.scheduler_config.clone();
-        if self.karras {
-            config.set("use_karras_sigmas", serde_json::Value::Bool(true));
-        }
-        let scheduler = match &self.init {
-            Some(init) if self.strength_in_schedule(profile) => self
-                .scheduler
-                .build_with_strength(&config, self.steps, init.strength)?,
-            _ => self.scheduler.build(&config, self.steps)?,
-        };
+        let scheduler = self.build_scheduler(profile)?;
         Ok(Plan {
             request: self,
             scheduler,
@@ -451,6 +473,78 @@ impl Request {
             }
         }
         Ok(())
+    }
+
+    /// The scheduler for this request (with `schedule` and, where it shapes the schedule, the strength
+    /// applied); [`Request::plan`] builds the first, each further batch gets a fresh one.
+    pub fn build_scheduler(&self, profile: &ModelProfile) -> Result<Box<dyn Scheduler>> {
+        let mut config = profile.scheduler_config.clone();
+        if let Some(schedule) = self.schedule {
+            let can = self.scheduler.schedules();
+            if !can.contains(&schedule) {
+                let offer = if can.is_empty() {
+                    format!("{} has no sigma schedule", self.scheduler.class_name())
+                } else {
+                    let names: Vec<&str> = can.iter().map(|s| s.name()).collect();
+                    format!("it has {}", names.join(", "))
+                };
+                let with: Vec<&str> = SchedulerKind::all()
+                    .filter(|(k, _, _)| k.schedules().contains(&schedule))
+                    .map(|(_, n, _)| n)
+                    .collect();
+                return Err(invalid(
+                    "schedule",
+                    format!(
+                        "{} does not apply to {} ({offer}); schedulers with it: {}",
+                        schedule.name(),
+                        self.scheduler.name(),
+                        with.join(", ")
+                    ),
+                ));
+            }
+            schedule.apply(&mut config);
+        }
+        Ok(match &self.init {
+            Some(init) if self.strength_in_schedule(profile) => self
+                .scheduler
+                .build_with_strength(&config, self.steps, init.strength)?,
+            _ => self.scheduler.build(&config, self.steps)?,
+        })
+    }
+
+    /// The sigma schedule the run uses: the one asked for, else the folder config's; `None` for schedulers
+    /// without one (PNDM, DDIM, DDPM, LCM).
+    pub fn effective_schedule(&self, profile: &ModelProfile) -> Option<SigmaSpacing> {
+        if self.scheduler.schedules().is_empty() {
+            return None;
+        }
+        self.schedule
+            .or_else(|| SigmaSpacing::from_config(&profile.scheduler_config).ok())
+    }
+
+    /// The seed of each image of batch `index` (0-based, of [`Request::batch_count`]): consecutive across
+    /// batches (A1111's `seed + i` over the whole run), or with [`BatchSeeds::Shared`] the batch's one seed
+    /// (that of its first image) for all.
+    pub fn seeds(&self, index: usize) -> Vec<u64> {
+        let first = index * self.batch;
+        (0..self.batch)
+            .map(|i| match self.seeds {
+                BatchSeeds::Consecutive => self.seed.wrapping_add((first + i) as u64),
+                BatchSeeds::Shared => self.seed.wrapping_add(first as u64),
+            })
+            .collect()
+    }
+
+    /// The generator of batch `index`: one per image (seeds from [`Request::seeds`]), or one for all.
+    pub fn noise(&self, index: usize) -> Box<dyn crate::rng::NoiseSource> {
+        match self.seeds {
+            BatchSeeds::Consecutive => {
+                Box::new(crate::rng::PerImage::new(self.rng, &self.seeds(index)))
+            }
+            BatchSeeds::Shared => self
+                .rng
+                .build(self.seed.wrapping_add((index * self.batch) as u64)),
+        }
     }
 
     /// Whether the strength shapes the schedule instead of skipping its start (see

@@ -150,6 +150,15 @@ impl Sessions {
     }
 
     /// A one-shot run is done with a phase: drop the sessions only it used.
+    /// [`Sessions::done`] for a batch of a request with several: a one-shot run keeps its sessions until the
+    /// last batch (reloading the UNet per batch would cost its load time each), a low-memory run drops them
+    /// after every batch, so its peak stays that of one batch.
+    pub(crate) fn done_batch(&mut self, phase: Done, last: bool) {
+        if last || self.memory == MemoryMode::Low {
+            self.done(phase);
+        }
+    }
+
     pub(crate) fn done(&mut self, phase: Done) {
         if self.memory == MemoryMode::KeepAll {
             return;

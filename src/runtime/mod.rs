@@ -6,6 +6,7 @@ mod cache;
 mod library;
 mod providers;
 
+pub(crate) use cache::source_stamp as cache_stamp;
 pub use cache::{default_cache_dir, graph_cache_path, prune_graph_cache};
 pub use library::{LibraryChoice, MIN_ORT_MINOR, physical_cores, resolve_library};
 pub use providers::{

@@ -295,8 +295,18 @@ impl RuntimeConfig {
                  captures the UNet only)"
             )));
         }
+        let provider = Provider::parse(&settings.ep)?;
+        // ONNX Runtime's CPU provider takes no provider options: one given would be dropped silently.
+        if provider == Provider::Cpu
+            && let Some(o) = settings.ep_options.first()
+        {
+            return Err(Error::Usage(format!(
+                "--ep-option {o}: the cpu provider takes no options (they are for --ep cuda, tensorrt, directml \
+                 or coreml; threads are --threads)"
+            )));
+        }
         let providers = ProviderChoice {
-            provider: Provider::parse(&settings.ep)?,
+            provider,
             device_id: settings.device_id,
             options,
         };

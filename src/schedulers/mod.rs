@@ -25,6 +25,7 @@ mod schedule;
 mod unipc;
 
 pub use config::SchedulerConfig;
+pub use schedule::SigmaSpacing;
 
 use crate::rng::NoiseSource;
 use ndarray::Array4;
@@ -241,33 +242,56 @@ impl SchedulerKind {
     /// By the name `--scheduler` takes.
     pub fn from_name(name: &str) -> Result<Self, SchedulerError> {
         match Self::parse_name(name)? {
-            (kind, false) => Ok(kind),
-            (_, true) => Err(SchedulerError::UnknownName(name.to_string())),
+            (kind, None) => Ok(kind),
+            (_, Some(_)) => Err(SchedulerError::UnknownName(name.to_string())),
         }
     }
 
     /// A scheduler by any name users bring: ours (`dpm++2m`), A1111's (`DPM++ 2M`, `Euler a`, `PLMS`), the
     /// k-diffusion/A1111 API aliases (`k_euler_a`, `dpmpp_2m`), stable-diffusion.cpp's (`euler_a`, `dpm2`),
-    /// case-insensitively, ignoring spaces, `_`, `-` and `.`; with A1111's old combined form `NAME Karras`, which
-    /// returns `true` (Karras sigmas asked for).
-    pub fn parse_name(name: &str) -> Result<(Self, bool), SchedulerError> {
+    /// diffusers' class names (`EulerDiscreteScheduler`), case-insensitively, ignoring spaces, `_`, `-` and `.`;
+    /// with A1111's old combined forms `NAME Karras` / `NAME Exponential`, which also return the schedule.
+    pub fn parse_name(name: &str) -> Result<(Self, Option<SigmaSpacing>), SchedulerError> {
+        if let Ok(kind) = Self::from_class(name.trim()) {
+            return Ok((kind, None));
+        }
         let mut n: String = name
             .to_lowercase()
             .replace("++", "pp")
             .chars()
             .filter(|c| !matches!(c, ' ' | '_' | '-' | '.'))
             .collect();
-        let karras = n.len() > "karras".len() && n.ends_with("karras");
-        if karras {
-            n.truncate(n.len() - "karras".len());
+        let mut schedule = None;
+        for (suffix, s) in [
+            ("karras", SigmaSpacing::Karras),
+            ("exponential", SigmaSpacing::Exponential),
+        ] {
+            if n.len() > suffix.len() && n.ends_with(suffix) {
+                n.truncate(n.len() - suffix.len());
+                schedule = Some(s);
+                break;
+            }
         }
         let base = n
             .strip_prefix('k')
             .filter(|b| Self::by_alias(b).is_some())
             .unwrap_or(&n);
         Self::by_alias(base)
-            .map(|k| (k, karras))
+            .map(|k| (k, schedule))
             .ok_or_else(|| SchedulerError::UnknownName(name.to_string()))
+    }
+
+    /// The sigma schedules (`--schedule`) the diffusers class offers: none for the timestep-based PNDM, DDIM,
+    /// DDPM and LCM, only its own for Euler ancestral (no `use_karras_sigmas` there), all four elsewhere.
+    pub fn schedules(self) -> &'static [SigmaSpacing] {
+        match self {
+            SchedulerKind::Pndm
+            | SchedulerKind::Ddim
+            | SchedulerKind::Ddpm
+            | SchedulerKind::Lcm => &[],
+            SchedulerKind::EulerAncestral => &[SigmaSpacing::Interpolated],
+            _ => &SigmaSpacing::ALL,
+        }
     }
 
     fn by_alias(n: &str) -> Option<Self> {
@@ -319,15 +343,6 @@ impl SchedulerKind {
                 | SchedulerKind::DpmPp2mSde
                 | SchedulerKind::Kdpm2Ancestral
                 | SchedulerKind::Lcm
-        )
-    }
-
-    /// Whether the diffusers class spaces its sigmas by `use_karras_sigmas` and friends (PNDM, DDIM, DDPM and
-    /// LCM have no sigma schedule: `--karras` would change nothing).
-    pub fn has_sigma_schedule(self) -> bool {
-        !matches!(
-            self,
-            SchedulerKind::Pndm | SchedulerKind::Ddim | SchedulerKind::Ddpm | SchedulerKind::Lcm
         )
     }
 
@@ -434,42 +449,79 @@ pub(crate) fn noise_like(like: &Latents, noise: &mut dyn NoiseSource) -> Latents
 mod tests {
     use super::*;
 
-    /// Every name a user brings finds its scheduler: ours, A1111's, the API aliases, sd.cpp's, any case; the
-    /// combined "NAME Karras" form asks for Karras sigmas.
+    /// Every name a user brings finds its scheduler: ours, A1111's, the API aliases, sd.cpp's, diffusers'
+    /// classes, any case; the combined "NAME Karras" / "NAME Exponential" forms ask for that schedule.
     #[test]
     fn names_from_a1111_sdcpp_and_aliases_resolve() {
+        let (k, e) = (Some(SigmaSpacing::Karras), Some(SigmaSpacing::Exponential));
         for (kind, name, _) in SchedulerKind::all() {
             assert_eq!(
                 SchedulerKind::parse_name(name).ok(),
-                Some((kind, false)),
+                Some((kind, None)),
                 "{name}"
             );
         }
         let cases = [
-            ("DPM++ 2M", SchedulerKind::DpmPp2m, false),
-            ("DPM++ 2M Karras", SchedulerKind::DpmPp2m, true),
-            ("dpmpp_2m", SchedulerKind::DpmPp2m, false),
-            ("k_dpmpp_2m_sde", SchedulerKind::DpmPp2mSde, false),
-            ("Euler a", SchedulerKind::EulerAncestral, false),
-            ("euler_a", SchedulerKind::EulerAncestral, false),
-            ("k_euler_ancestral", SchedulerKind::EulerAncestral, false),
-            ("K_EULER", SchedulerKind::Euler, false),
-            ("PLMS", SchedulerKind::Pndm, false),
-            ("DPM2 a Karras", SchedulerKind::Kdpm2Ancestral, true),
-            ("k_dpm_2", SchedulerKind::Kdpm2, false),
-            ("k_lms", SchedulerKind::Lms, false),
-            ("UniPC", SchedulerKind::UniPc, false),
-            ("LCM", SchedulerKind::Lcm, false),
+            ("DPM++ 2M", SchedulerKind::DpmPp2m, None),
+            ("DPM++ 2M Karras", SchedulerKind::DpmPp2m, k),
+            ("DPM++ 2M SDE Exponential", SchedulerKind::DpmPp2mSde, e),
+            ("dpmpp_2m", SchedulerKind::DpmPp2m, None),
+            ("k_dpmpp_2m_sde", SchedulerKind::DpmPp2mSde, None),
+            ("Euler a", SchedulerKind::EulerAncestral, None),
+            ("euler_a", SchedulerKind::EulerAncestral, None),
+            ("k_euler_ancestral", SchedulerKind::EulerAncestral, None),
+            ("K_EULER", SchedulerKind::Euler, None),
+            ("PLMS", SchedulerKind::Pndm, None),
+            ("DPM2 a Karras", SchedulerKind::Kdpm2Ancestral, k),
+            ("k_dpm_2", SchedulerKind::Kdpm2, None),
+            ("k_lms", SchedulerKind::Lms, None),
+            ("UniPC", SchedulerKind::UniPc, None),
+            ("LCM", SchedulerKind::Lcm, None),
+            ("DDPMScheduler", SchedulerKind::Ddpm, None),
+            ("DEISMultistepScheduler", SchedulerKind::Deis, None),
         ];
-        for (name, kind, karras) in cases {
+        for (name, kind, schedule) in cases {
             assert_eq!(
                 SchedulerKind::parse_name(name).ok(),
-                Some((kind, karras)),
+                Some((kind, schedule)),
                 "{name}"
             );
         }
-        for bad in ["heunx", "karras", "dpm++ 2s a", ""] {
+        for bad in ["heunx", "karras", "exponential", "dpm++ 2s a", ""] {
             assert!(SchedulerKind::parse_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// `--schedule` names round-trip, and applying one clears the others from a folder's config.
+    #[test]
+    fn schedules_parse_and_apply_exclusively() {
+        for s in SigmaSpacing::ALL {
+            assert_eq!(SigmaSpacing::parse(s.name()), Some(s));
+            assert_eq!(SigmaSpacing::parse(s.a1111_name()), Some(s));
+        }
+        assert_eq!(
+            SigmaSpacing::parse("default"),
+            Some(SigmaSpacing::Interpolated)
+        );
+        assert_eq!(SigmaSpacing::parse("automatic"), None);
+        let mut config = cfg(serde_json::json!({"use_karras_sigmas": true}));
+        SigmaSpacing::Beta.apply(&mut config);
+        assert_eq!(
+            SigmaSpacing::from_config(&config).ok(),
+            Some(SigmaSpacing::Beta)
+        );
+        SigmaSpacing::Interpolated.apply(&mut config);
+        assert_eq!(
+            SigmaSpacing::from_config(&config).ok(),
+            Some(SigmaSpacing::Interpolated)
+        );
+        // Every scheduler builds with every schedule it lists.
+        for (kind, _, _) in SchedulerKind::all() {
+            for &s in kind.schedules() {
+                let mut config = SchedulerConfig::default();
+                s.apply(&mut config);
+                assert!(kind.build(&config, 10).is_ok(), "{kind:?} {s:?}");
+            }
         }
     }
 

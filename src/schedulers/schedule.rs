@@ -550,6 +550,69 @@ pub enum SigmaSpacing {
 }
 
 impl SigmaSpacing {
+    /// Every spacing, in the order `sd-onnx schedulers` lists them.
+    pub const ALL: [SigmaSpacing; 4] = [
+        SigmaSpacing::Interpolated,
+        SigmaSpacing::Karras,
+        SigmaSpacing::Exponential,
+        SigmaSpacing::Beta,
+    ];
+
+    /// By the name `--schedule` takes (any case): `uniform` (alias `default`: sigmas interpolated at the spaced
+    /// timesteps, diffusers' default), `karras`, `exponential`, `beta`. These are also A1111's "Schedule type"
+    /// names for the same schedules.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "uniform" | "default" | "interpolated" => Some(SigmaSpacing::Interpolated),
+            "karras" => Some(SigmaSpacing::Karras),
+            "exponential" => Some(SigmaSpacing::Exponential),
+            "beta" => Some(SigmaSpacing::Beta),
+            _ => None,
+        }
+    }
+
+    /// The name `--schedule` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            SigmaSpacing::Interpolated => "uniform",
+            SigmaSpacing::Karras => "karras",
+            SigmaSpacing::Exponential => "exponential",
+            SigmaSpacing::Beta => "beta",
+        }
+    }
+
+    /// A1111's "Schedule type" for it (k-diffusion's `get_sigmas` at evenly spaced timesteps is A1111's
+    /// "Uniform"; its "Automatic" means each sampler's own default, e.g. Karras for DPM++ 2M, so it is never
+    /// written).
+    pub fn a1111_name(self) -> &'static str {
+        match self {
+            SigmaSpacing::Interpolated => "Uniform",
+            SigmaSpacing::Karras => "Karras",
+            SigmaSpacing::Exponential => "Exponential",
+            SigmaSpacing::Beta => "Beta",
+        }
+    }
+
+    /// The diffusers scheduler config key that selects it (`None`: none of them set).
+    pub fn config_key(self) -> Option<&'static str> {
+        match self {
+            SigmaSpacing::Interpolated => None,
+            SigmaSpacing::Karras => Some("use_karras_sigmas"),
+            SigmaSpacing::Exponential => Some("use_exponential_sigmas"),
+            SigmaSpacing::Beta => Some("use_beta_sigmas"),
+        }
+    }
+
+    /// `config` with exactly this spacing selected (the other keys set to false).
+    pub fn apply(self, config: &mut SchedulerConfig) {
+        for s in Self::ALL {
+            if let Some(key) = s.config_key() {
+                config.set(key, serde_json::Value::Bool(s == self));
+            }
+        }
+    }
+
+    /// The spacing a scheduler config selects.
     pub fn from_config(config: &SchedulerConfig) -> Result<Self, SchedulerError> {
         let set: Vec<(&str, SigmaSpacing)> = [
             ("use_karras_sigmas", SigmaSpacing::Karras),
