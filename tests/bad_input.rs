@@ -650,6 +650,14 @@ fn flag_battery() {
         assert!(!out.exists(), "{extra:?} wrote a file");
     }
     let other_cases: Vec<(Vec<&str>, &str)> = vec![
+        // Within the pixel limits, beyond what this machine's memory holds for the UNet's attention.
+        (
+            vec![
+                "txt2img", "--model", MODEL, "-p", "a", "-s", "1", "-W", "4096", "-H", "4096",
+                "-o", o,
+            ],
+            "its attention needs about",
+        ),
         (
             vec![
                 "img2img",

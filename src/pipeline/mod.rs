@@ -228,6 +228,8 @@ impl Pipeline {
             );
         }
 
+        self.check_memory(&req)?;
+
         // 1. Conditioning, once for every batch.
         progress(Progress::Encoding);
         let started = Instant::now();
@@ -297,6 +299,46 @@ impl Pipeline {
             warnings,
             timings,
         })
+    }
+
+    /// Refuse, before anything is allocated, a CPU run whose UNet attention would not fit in the memory
+    /// available (ONNX Runtime would otherwise allocate until the process is killed).
+    fn check_memory(&self, req: &Request) -> Result<()> {
+        let config = &self.sessions.runtime().config;
+        if !config.memory_check
+            || config.choice_for("unet").provider != crate::runtime::Provider::Cpu
+        {
+            return Ok(());
+        }
+        let f = self.profile.vae_factor.value;
+        let unet_batch = self.family.unet_batch(req.batch, req.guidance);
+        let (Some(cfg), Some(available)) = (
+            &self.profile.unet.config,
+            crate::runtime::available_memory(),
+        ) else {
+            return Ok(());
+        };
+        let Some(need) = limits::attention_bytes(cfg, req.width / f, req.height / f, unet_batch)
+        else {
+            return Ok(());
+        };
+        if need > available {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            return Err(crate::Error::Invalid {
+                field: "width",
+                msg: format!(
+                    "{} at {}x{} with {unet_batch} image(s) per UNet call: its attention needs about {:.1} GiB, \
+                     more than the {:.1} GiB this machine has available; make smaller or fewer images (or set \
+                     SD_ONNX_NO_MEMORY_CHECK=1 to try anyway)",
+                    req.width,
+                    req.width,
+                    req.height,
+                    gib(need),
+                    gib(available)
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// One batch of a request: its generator, starting latents, the denoising loop and the decode.

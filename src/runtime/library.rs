@@ -159,6 +159,17 @@ fn library_version(path: &Path) -> Result<String> {
     Ok(version)
 }
 
+/// Memory the process could still get (Linux: `MemAvailable` + `SwapFree` of /proc/meminfo), if known.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kb.checked_mul(1024)
+    };
+    Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
+}
+
 /// Physical cores (Linux: distinct (package, core) pairs), else what std reports.
 pub fn physical_cores() -> usize {
     let logical = std::thread::available_parallelism()

@@ -8,7 +8,9 @@ mod providers;
 
 pub(crate) use cache::source_stamp as cache_stamp;
 pub use cache::{default_cache_dir, graph_cache_path, prune_graph_cache};
-pub use library::{LibraryChoice, MIN_ORT_MINOR, physical_cores, resolve_library};
+pub use library::{
+    LibraryChoice, MIN_ORT_MINOR, available_memory, physical_cores, resolve_library,
+};
 pub use providers::{
     COMPONENTS, Provider, ProviderChoice, ProviderSettings, ShapeProfile, capture_refusal,
     providers_for,
@@ -49,6 +51,9 @@ pub struct RuntimeConfig {
     /// `--cuda-graph`: capture the UNet's run once and replay it (CUDA: `enable_cuda_graph`, TensorRT:
     /// `trt_cuda_graph_enable`). Only the UNet gets it: the other graphs run once per image.
     pub cuda_graph: bool,
+    /// Refuse a CPU run whose UNet attention would need more memory than the machine has available
+    /// ([`crate::pipeline::limits::attention_bytes`]); the CLI turns it off with `SD_ONNX_NO_MEMORY_CHECK=1`.
+    pub memory_check: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -63,6 +68,7 @@ impl Default for RuntimeConfig {
             threads: None,
             low_memory: false,
             cuda_graph: false,
+            memory_check: true,
         }
     }
 }
