@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let prompt = args.next().unwrap_or_else(|| "red apple".into());
     let out = PathBuf::from(args.next().unwrap_or_else(|| "txt2img-example.png".into()));
-    let model = PathBuf::from(args.next().unwrap_or_else(|| "onnx/sd-tiny-optimum".into()));
+    let model = PathBuf::from(args.next().unwrap_or_else(|| "onnx/sd-emoji".into()));
 
     let runtime = Runtime::load(None)?; // ORT_DYLIB_PATH, else a library next to the executable
     let profile = ModelProfile::load(&model)?;

@@ -8,7 +8,8 @@
 2. Every graph is converted to float16 weights with float32 inputs and outputs (ONNX Runtime's float16
    converter, keep_io_types=True): half the size, and the same I/O as the fp32 export. The fp16 UNet and VAE are
    checked against the fp32 export on random inputs first. Budget: onnx/sd-emoji at most 16 MB.
-3. tests/fixtures/emoji/: `atlas.png`, every training emoji (the plain render, variant 0) as a 16x16 thumbnail
+3. docs/emoji/: the README's img2img/inpainting inputs (two training renders, a half mask).
+4. tests/fixtures/emoji/: `atlas.png`, every training emoji (the plain render, variant 0) as a 16x16 thumbnail
    (box-filtered from 64x64) in caption order, 40 to a row; `captions.json` (all captions, the held-out ones,
    and the 40 test captions with their seeds).
 Needs the training environment (torch, diffusers, optimum-onnx, onnxruntime).
@@ -80,6 +81,14 @@ def fixtures():
         "tests": tests,
     }, indent=1))
     print(f"  {FIX.relative_to(ROOT)}: atlas of {n} emoji, {len(tests)} test captions")
+    # The README's img2img and inpainting inputs: two training renders and a mask of their right half.
+    docs = ROOT / "docs" / "emoji"
+    docs.mkdir(parents=True, exist_ok=True)
+    for caption in ("red apple", "grinning face"):
+        Image.fromarray(images[captions.index(caption), 0]).save(docs / f"input-{caption.replace(' ', '-')}.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 32:] = 255
+    Image.fromarray(mask).save(docs / "mask-right-half.png")
 
 
 def main():

@@ -40,7 +40,7 @@ FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 AUG_PER_EMOJI = 8
 HOLDOUT = ["unicorn face", "dragon face", "t-rex", "sauropod", "flamingo", "lobster"]
 VAE_STEPS = int(os.environ.get("VAE_STEPS", 1200))
-UNET_STEPS = int(os.environ.get("UNET_STEPS", 3500))
+UNET_STEPS = int(os.environ.get("UNET_STEPS", 3500))  # the committed model: 3500 (see README)
 CKPT_EVERY_S = 600
 TEXT_WIDTH = 48
 

@@ -8,7 +8,7 @@
 //!
 //! # fn main() -> sd_onnx::Result<()> {
 //! let runtime = Runtime::load(None)?; // ORT_DYLIB_PATH, or a library next to the executable
-//! let profile = ModelProfile::load(Path::new("onnx/sd-tiny-optimum"))?;
+//! let profile = ModelProfile::load(Path::new("onnx/sd-emoji"))?;
 //! let plan = resolve(&profile, Intent { prompt: "red apple".into(), seed: Some(1), ..Intent::default() })?;
 //! // A1111's "parameters" text for the first image (seed, batch position 0, no model hash).
 //! let params = infotext::for_image(&plan.request, &profile, plan.request.seed, 0, None);

@@ -287,8 +287,11 @@ fn tokenize_and_inspect() {
 
     let o = run(&["schedulers"]);
     let listed = String::from_utf8_lossy(&o.stdout).into_owned();
+    // A header, then one scheduler a line with its schedules and the other names it takes.
+    assert!(listed.contains("\"DPM++ 2M\"") && listed.contains("uniform,karras,exponential,beta"));
     let names: Vec<&str> = listed
         .lines()
+        .skip(1)
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert_eq!(

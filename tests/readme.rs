@@ -47,7 +47,8 @@ fn every_readme_command_runs() {
         let script = cmd
             .replacen("scripts/run", &abs("scripts/run"), 1)
             .replace(" tests/", &format!(" {}", abs("tests/")))
-            .replace(" onnx/", &format!(" {}", abs("onnx/")));
+            .replace(" onnx/", &format!(" {}", abs("onnx/")))
+            .replace(" docs/", &format!(" {}", abs("docs/")));
         let o = Command::new("bash")
             .args(["-c", &script])
             .current_dir(&scratch)
@@ -60,6 +61,6 @@ fn every_readme_command_runs() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
-    assert!(Path::new(&scratch).join("out-img2img.png").is_file());
+    assert!(Path::new(&scratch).join("green.png").is_file());
     let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -61,18 +61,62 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tokenize(a) => tokenize(a),
         Command::Bench(a) => bench::bench(a),
         Command::Schedulers => {
-            for (kind, name, about) in SchedulerKind::all() {
-                println!("{name:<12} {:<33} {about}", kind.class_name());
-            }
-            // On stderr: stdout stays one scheduler per line for scripts.
-            eprintln!(
-                "\nAlso accepted, in any case: A1111's names (PLMS, Euler a, DPM++ 2M, DPM++ 2M SDE, DPM2 a, ...), \
-                 the k_ aliases (k_euler_a, k_dpmpp_2m, ...), sd.cpp's (euler_a, dpm2, ...), and NAME Karras."
-            );
+            schedulers();
             Ok(())
         }
     };
     result.map_err(as_flags)
+}
+
+/// `sd-onnx schedulers`: one line each (name, diffusers class, schedules, the other names it takes).
+fn schedulers() {
+    let rows: Vec<[String; 4]> = SchedulerKind::all()
+        .map(|(kind, name, about)| {
+            let schedules: Vec<&str> = kind.schedules().iter().map(|s| s.name()).collect();
+            let aliases: Vec<String> = kind
+                .aliases()
+                .iter()
+                .map(|a| {
+                    if a.contains(' ') {
+                        format!("\"{a}\"")
+                    } else {
+                        a.to_string()
+                    }
+                })
+                .collect();
+            [
+                name.to_string(),
+                kind.class_name().to_string(),
+                if schedules.is_empty() {
+                    "-".into()
+                } else {
+                    schedules.join(",")
+                },
+                format!(
+                    "{about}{}",
+                    if aliases.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (also {})", aliases.join(", "))
+                    }
+                ),
+            ]
+        })
+        .collect();
+    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
+    let (w0, w1, w2) = (width(0), width(1), width(2).max("schedules".len()));
+    println!(
+        "{:<w0$}  {:<w1$}  {:<w2$}  about",
+        "name", "diffusers class", "schedules"
+    );
+    for r in &rows {
+        println!("{:<w0$}  {:<w1$}  {:<w2$}  {}", r[0], r[1], r[2], r[3]);
+    }
+    // On stderr: stdout stays a table for scripts.
+    eprintln!(
+        "\nNames are taken in any case, ignoring spaces, '_', '-' and '.'; also k_-prefixed, diffusers' class names, \
+         and A1111's \"NAME Karras\" / \"NAME Exponential\" (= --schedule karras / exponential)."
+    );
 }
 
 /// The library names request fields (`width`, `guidance_rescale`); on the command line they are flags.

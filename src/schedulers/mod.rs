@@ -281,6 +281,29 @@ impl SchedulerKind {
             .ok_or_else(|| SchedulerError::UnknownName(name.to_string()))
     }
 
+    /// Other names `parse_name` takes for it, for `sd-onnx schedulers` (A1111's first; any case, and `k_`
+    /// prefixed forms of the k-diffusion ones, are accepted too).
+    pub fn aliases(self) -> &'static [&'static str] {
+        match self {
+            SchedulerKind::Pndm => &["PLMS"],
+            SchedulerKind::Ddim => &["DDIM"],
+            SchedulerKind::Ddpm => &[],
+            SchedulerKind::Lms => &["LMS", "k_lms"],
+            SchedulerKind::Euler => &["Euler", "k_euler"],
+            SchedulerKind::EulerAncestral => {
+                &["Euler a", "euler_a", "k_euler_a", "euler_ancestral"]
+            }
+            SchedulerKind::Heun => &["Heun", "k_heun"],
+            SchedulerKind::DpmPp2m => &["DPM++ 2M", "dpmpp_2m", "k_dpmpp_2m"],
+            SchedulerKind::DpmPp2mSde => &["DPM++ 2M SDE", "dpmpp_2m_sde", "k_dpmpp_2m_sde"],
+            SchedulerKind::UniPc => &["UniPC"],
+            SchedulerKind::Kdpm2 => &["DPM2", "dpm2", "k_dpm_2"],
+            SchedulerKind::Kdpm2Ancestral => &["DPM2 a", "dpm2_a", "k_dpm_2_a"],
+            SchedulerKind::Deis => &[],
+            SchedulerKind::Lcm => &["LCM"],
+        }
+    }
+
     /// The sigma schedules (`--schedule`) the diffusers class offers: none for the timestep-based PNDM, DDIM,
     /// DDPM and LCM, only its own for Euler ancestral (no `use_karras_sigmas` there), all four elsewhere.
     pub fn schedules(self) -> &'static [SigmaSpacing] {
@@ -489,6 +512,16 @@ mod tests {
         }
         for bad in ["heunx", "karras", "exponential", "dpm++ 2s a", ""] {
             assert!(SchedulerKind::parse_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Every alias `sd-onnx schedulers` shows is one `parse_name` takes, for that scheduler.
+    #[test]
+    fn listed_aliases_parse() {
+        for (kind, _, _) in SchedulerKind::all() {
+            for a in kind.aliases() {
+                assert_eq!(SchedulerKind::parse_name(a).ok(), Some((kind, None)), "{a}");
+            }
         }
     }
 
