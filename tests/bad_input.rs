@@ -447,7 +447,7 @@ fn messages_blame_the_right_thing() {
     // A folder of models names the models inside (issue 12).
     refused(
         &["txt2img", "--model", "onnx", "--prompt", "a", "--quiet"],
-        "onnx: is a folder of models, not a model; pass one of: onnx/sd-tiny-convert, ",
+        "onnx: is a folder of models, not a model; pass one of: onnx/sd-emoji, onnx/sd-tiny-convert, ",
     );
     // A schedule the scheduler cannot do is refused, not ignored (issue 12).
     refused(
@@ -812,4 +812,42 @@ fn flag_battery() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A UNet and a text encoder from different models, in a folder without the configs that would say so: the
+/// graph's declared `encoder_hidden_states` width is compared with the embeddings before the first UNet run.
+#[test]
+fn text_width_is_checked_from_the_graph_without_configs() {
+    let dir = tmpdir("width");
+    let model = dir.join("m");
+    common::copy_dir(std::path::Path::new(MODEL), &model);
+    std::fs::remove_dir_all(model.join("text_encoder")).unwrap();
+    common::copy_dir(
+        std::path::Path::new("onnx/sd-tiny-inpaint-optimum/text_encoder"),
+        &model.join("text_encoder"),
+    );
+    std::fs::remove_file(model.join("unet/config.json")).unwrap();
+    std::fs::remove_file(model.join("text_encoder/config.json")).unwrap();
+    refused(
+        &t2i_at(&model, &[]),
+        "unet/model.onnx: attends to 16-wide text (its encoder_hidden_states input) but the text encoder gives 8-wide",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn t2i_at<'a>(model: &'a std::path::Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "txt2img",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--quiet",
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+    ];
+    v.extend_from_slice(extra);
+    v
 }

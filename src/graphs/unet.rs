@@ -420,13 +420,23 @@ impl Unet {
         self.graph.outputs.first().and_then(|p| p.fixed_dim(1))
     }
 
-    /// Input channels the `sample` port declares, when fixed (4, or 9 for inpainting UNets).
-    pub fn declared_input_channels(&self) -> Option<usize> {
+    /// Axis `axis` of input `name`, when the graph fixes it.
+    fn declared_input_dim(&self, name: &str, axis: usize) -> Option<usize> {
         self.graph
             .inputs
             .iter()
-            .find(|p| p.name == "sample")
-            .and_then(|p| p.fixed_dim(1))
+            .find(|p| p.name == name)
+            .and_then(|p| p.fixed_dim(axis))
+    }
+
+    /// The text width `encoder_hidden_states` declares, when fixed (768 for SD 1.x, 1024 for 2.x, 2048 for XL).
+    pub fn declared_context_width(&self) -> Option<usize> {
+        self.declared_input_dim("encoder_hidden_states", 2)
+    }
+
+    /// Input channels the `sample` port declares, when fixed (4, or 9 for inpainting UNets).
+    pub fn declared_input_channels(&self) -> Option<usize> {
+        self.declared_input_dim("sample", 1)
     }
 
     /// The UNet's inputs must agree with what the folder's configs say, since they decide the text encoding

@@ -39,6 +39,18 @@ pub(crate) fn denoise(
     warnings: &mut Vec<String>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Latents> {
+    // The configs' widths were compared when the folder was read (`profile::check_text_width`); without
+    // configs, the graph's declared width is compared with the embeddings, before the first UNet run.
+    let width = l.cond.context.shape()[2];
+    if let Some(w) = unet.declared_context_width().filter(|&w| w != width) {
+        return Err(crate::Error::model(
+            &unet.graph.path,
+            format!(
+                "attends to {w}-wide text (its encoder_hidden_states input) but the text encoder gives {width}-wide \
+                 embeddings: the UNet and text encoder come from different models"
+            ),
+        ));
+    }
     let timesteps = l.scheduler.timesteps().to_vec();
     let begin = start.begin;
     let shape = start.latents.shape().to_vec();
