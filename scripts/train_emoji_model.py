@@ -23,7 +23,8 @@ Training runs in phases, each resumable from checkpoints in WORK (default /work/
   save   write the diffusers pipeline (EMA weights)   -> WORK/pipeline/
 Run: python scripts/train_emoji_model.py all   (or one phase). Stop it any time; run again to resume.
 The committed onnx/sd-emoji: VAE 1200 steps, UNet 3500 steps (UNET_STEPS=3500), then resumed to 6500 with
-UNET_STEPS=6500 (the cosine schedule restarted at lr 2.5e-4), 2026-12-02, ~80 minutes of UNet training on 2 cores.
+UNET_STEPS=6500 and to 8000 with UNET_STEPS=8000 (each resume restarts the cosine tail part-way up),
+2026-12-02, ~95 minutes of UNet training on 2 cores.
 Checkpoints in WORK do not survive between sessions on this project's machines: a run must fit in one.
 Threads: torch uses TRAIN_THREADS (default 2). Needs torch, diffusers, transformers, fonttools, pillow, clip-anytorch.
 """
