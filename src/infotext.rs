@@ -17,9 +17,13 @@
 //! * `Version`: `sd-onnx X.Y.Z`, which A1111's version parser ignores (a `v1.x` would switch on its
 //!   compatibility options).
 //! * `Batch size` / `Batch pos` for batches of more than one, as A1111 writes them.
+//! * `Clip skip` above 1, and `Emphasis` when it is not A1111's default and a prompt has brackets, as A1111
+//!   writes them; plain (diffusers') prompt syntax, which A1111 has not, is `sd-onnx prompt syntax: plain`.
+//!   The prompts are written as typed, syntax and all.
 
 use crate::pipeline::{BatchSeeds, Request};
 use crate::profile::ModelProfile;
+use crate::prompt::{Emphasis, PromptSyntax};
 use crate::rng::RngKind;
 use crate::schedulers::{SchedulerKind, SigmaSpacing};
 
@@ -111,6 +115,9 @@ pub fn write(req: &Request, image: &ImageInfo) -> String {
     }
     params.push(("CFG scale", req.guidance.to_string()));
     params.push(("Seed", image.seed.to_string()));
+    if req.text.clip_skip > 1 {
+        params.push(("Clip skip", req.text.clip_skip.to_string()));
+    }
     params.push(("Size", format!("{}x{}", req.width, req.height)));
     if let Some(h) = image.model_hash {
         params.push(("Model hash", h.to_string()));
@@ -128,6 +135,18 @@ pub fn write(req: &Request, image: &ImageInfo) -> String {
     }
     if req.guidance_rescale > 0.0 {
         params.push(("CFG Rescale", req.guidance_rescale.to_string()));
+    }
+    let bracketed = |t: &str| t.contains(['(', '[']);
+    match req.text.syntax {
+        PromptSyntax::Plain => params.push(("sd-onnx prompt syntax", "plain".to_string())),
+        PromptSyntax::A1111
+            if req.text.emphasis != Emphasis::Original
+                && (bracketed(&req.prompt)
+                    || req.negative_prompt.as_deref().is_some_and(bracketed)) =>
+        {
+            params.push(("Emphasis", req.text.emphasis.a1111_name().to_string()));
+        }
+        PromptSyntax::A1111 => {}
     }
     match req.rng {
         RngKind::Torch => params.push(("RNG", "CPU".to_string())),
@@ -260,6 +279,7 @@ mod tests {
             batch: 2,
             batch_count: 1,
             init: None,
+            text: Default::default(),
             prompt_embeds: None,
         }
     }
@@ -345,6 +365,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Clip skip, emphasis and syntax as A1111 writes them, and prompts kept as typed.
+    #[test]
+    fn text_options_are_written_as_a1111_writes_them() {
+        use crate::prompt::TextOptions;
+        let info = ImageInfo {
+            seed: 1,
+            batch_pos: 0,
+            model: "m",
+            model_hash: None,
+            schedule: None,
+        };
+        let mut req = request(SchedulerKind::Euler, None, RngKind::Torch);
+        req.prompt = "a (red:1.3) cube BREAK \\(x\\)".into();
+        let p = parse(&write(&req, &info));
+        assert_eq!(p.prompt, req.prompt);
+        assert_eq!((p.get("Clip skip"), p.get("Emphasis")), (None, None));
+        req.text = TextOptions {
+            clip_skip: 2,
+            emphasis: Emphasis::NoNorm,
+            ..TextOptions::default()
+        };
+        let p = parse(&write(&req, &info));
+        assert_eq!(
+            (p.get("Clip skip"), p.get("Emphasis")),
+            (Some("2"), Some("No norm"))
+        );
+        req.text.syntax = PromptSyntax::Plain;
+        let p = parse(&write(&req, &info));
+        assert_eq!(p.get("sd-onnx prompt syntax"), Some("plain"));
+        assert_eq!(p.get("Emphasis"), None);
     }
 
     #[test]

@@ -48,7 +48,18 @@ impl ClipTokenizer {
             Tokenizer::from_file(&json)
                 .map_err(|e| Error::model(&json, format!("unreadable tokenizer: {e}")))?
         } else {
-            build_bpe(&dir.join("vocab.json"), &dir.join("merges.txt"))?
+            let mut t = build_bpe(&dir.join("vocab.json"), &dir.join("merges.txt"))?;
+            // transformers splits the text on every added and special token before BPE (SD 2.x's pad token
+            // `!` included: `hello!` is `hello</w>`, `!`), as `tokenizer.json` folders list them.
+            // Only tokens the vocabulary has: an added token with a new id would not index the encoder.
+            let added: Vec<AddedToken> = read_added_tokens(dir)?
+                .into_iter()
+                .filter(|tok| t.token_to_id(tok).is_some())
+                .map(|tok| AddedToken::from(tok, true))
+                .collect();
+            t.add_special_tokens(added)
+                .map_err(|e| Error::model(dir, format!("added tokens: {e}")))?;
+            t
         };
         inner.with_padding(None);
         inner
@@ -91,6 +102,27 @@ impl ClipTokenizer {
             .ok()
             .and_then(|i| self.vocab.get(&i))
             .map(String::as_str)
+    }
+
+    /// The start-of-text id.
+    pub fn bos(&self) -> i64 {
+        self.bos
+    }
+
+    /// The id of a vocabulary entry (`,</w>`), if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.inner.token_to_id(token).map(i64::from)
+    }
+
+    /// `text`'s BPE ids without start, end or padding, however many (A1111 tokenizes each piece of a prompt
+    /// this way: `tokenizer(texts, truncation=False, add_special_tokens=False)`).
+    pub fn tokens(&self, text: &str) -> Result<Vec<i64>> {
+        let cleaned = fix_text(text);
+        let enc = self
+            .inner
+            .encode(cleaned.as_str(), false)
+            .map_err(|e| Error::Usage(format!("cannot tokenize prompt: {e}")))?;
+        Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
     }
 
     /// The end-of-text id.
@@ -200,8 +232,9 @@ fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// The pad token named by `tokenizer_config.json` or `special_tokens_map.json`.
-fn read_pad_token(dir: &Path) -> Result<Option<String>> {
+/// `tokenizer_config.json` and `special_tokens_map.json` as JSON, those of them the folder has, in that order.
+fn token_configs(dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
     for name in ["tokenizer_config.json", "special_tokens_map.json"] {
         let path: PathBuf = dir.join(name);
         if !path.is_file() {
@@ -211,19 +244,49 @@ fn read_pad_token(dir: &Path) -> Result<Option<String>> {
             path: path.clone(),
             source,
         })?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::model(&path, format!("invalid JSON: {e}")))?;
-        match &v["pad_token"] {
-            serde_json::Value::String(s) => return Ok(Some(s.clone())),
-            serde_json::Value::Object(o) => {
-                if let Some(s) = o.get("content").and_then(|c| c.as_str()) {
-                    return Ok(Some(s.to_string()));
-                }
-            }
-            _ => {}
+        out.push(
+            serde_json::from_str(&text)
+                .map_err(|e| Error::model(&path, format!("invalid JSON: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// A token as these files write it: a string, or `{"content": ...}`.
+fn token_content(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(String::from),
+        _ => None,
+    }
+}
+
+/// The pad token named by `tokenizer_config.json` or `special_tokens_map.json`.
+fn read_pad_token(dir: &Path) -> Result<Option<String>> {
+    Ok(token_configs(dir)?
+        .iter()
+        .find_map(|v| token_content(&v["pad_token"])))
+}
+
+/// Every added or special token a folder's `tokenizer_config.json` (`added_tokens_decoder`, the `*_token`
+/// keys, `additional_special_tokens`) and `special_tokens_map.json` name.
+fn read_added_tokens(dir: &Path) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for v in token_configs(dir)? {
+        if let Some(o) = v["added_tokens_decoder"].as_object() {
+            out.extend(o.values().filter_map(token_content));
+        }
+        for key in ["bos_token", "eos_token", "unk_token", "pad_token"] {
+            out.extend(token_content(&v[key]));
+        }
+        if let Some(a) = v["additional_special_tokens"].as_array() {
+            out.extend(a.iter().filter_map(token_content));
         }
     }
-    Ok(None)
+    out.retain(|t| !t.is_empty());
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// CLIP's byte -> printable character table (GPT-2's `bytes_to_unicode`).

@@ -297,16 +297,40 @@ fn outputs_are_checked_first_and_special_files_kept() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A 10,000-word prompt warns in one short line, not with the whole cut text.
+/// A 10,000-word prompt: plain syntax warns in one short line, not with the whole cut text; A1111 syntax
+/// (the default) refuses it, naming the flag and the limit, before any denoising.
 #[test]
 fn long_prompts_warn_briefly() {
     let dir = tmpdir("prompt");
     let out = dir.join("p.png");
     let prompt = "word ".repeat(10_000);
+    for (flag, text) in [
+        ("--prompt", prompt.as_str()),
+        ("--negative-prompt", prompt.as_str()),
+    ] {
+        let mut args = vec![
+            "txt2img", "--model", MODEL, "--steps", "1", "--seed", "1", "--quiet",
+        ];
+        args.extend(["--output", out.to_str().unwrap()]);
+        if flag == "--negative-prompt" {
+            args.extend(["--prompt", "a cube"]);
+        }
+        args.extend([flag, text]);
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.lines().count() == 1 && err.contains(flag) && err.contains("limit is 32"),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
     let o = run(&[
         "txt2img",
         "--model",
         MODEL,
+        "--prompt-syntax",
+        "plain",
         "--prompt",
         &prompt,
         "--steps",

@@ -49,6 +49,7 @@ fn request(case: &Value) -> Request {
             mask,
             strength: case["strength"].as_f64().unwrap(),
         }),
+        text: Default::default(),
         prompt_embeds: None,
     }
 }

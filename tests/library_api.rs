@@ -34,7 +34,13 @@ fn prompt_embeds_replace_the_text_encoders_exactly() {
         let guidance = by_text.request.guidance;
         let want = pipe.run(by_text, &mut |_| {}).unwrap();
         let embeds = pipe
-            .encode_prompt("a red cube", Some("blurry"), guidance, &mut Vec::new())
+            .encode_prompt(
+                "a red cube",
+                Some("blurry"),
+                guidance,
+                &Default::default(),
+                &mut Vec::new(),
+            )
             .unwrap();
         assert_eq!(embeds.pooled.is_some(), profile.xl.is_some(), "{dir}");
         let mut by_embeds = intent("ignored", None);

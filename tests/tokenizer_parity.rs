@@ -80,3 +80,29 @@ fn pad_token_is_read_from_tokenizer_config() {
     assert!(ids[4..].iter().all(|&i| i == 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A folder without tokenizer.json whose pad token is `!` (SD 2.x's, SDXL's second tokenizer): transformers'
+/// `CLIPTokenizer` splits on every added and special token first, so `!` after a word is the pad token (0), not
+/// `!</w>` (256). Expected ids from transformers 4.57.6 `CLIPTokenizer.from_pretrained` on this folder.
+#[test]
+fn added_tokens_split_first_without_tokenizer_json() {
+    let tok = sd_onnx::tokenizer::ClipTokenizer::from_dir(std::path::Path::new(
+        "onnx/sdxl-tiny-optimum/tokenizer_2",
+    ))
+    .unwrap();
+    let cases: [(&str, &[i64]); 6] = [
+        ("hello!", &[49406, 3306, 0, 49407]),
+        (
+            "a cat! a dog!!",
+            &[49406, 320, 2368, 0, 320, 1929, 0, 0, 49407],
+        ),
+        ("wow !! ok", &[49406, 2781, 0, 0, 2481, 49407]),
+        ("!!!", &[49406, 0, 0, 0, 49407]),
+        ("<|endoftext|>x", &[49406, 49407, 343, 49407]),
+        ("a<|startoftext|>b", &[49406, 320, 49406, 321, 49407]),
+    ];
+    for (text, want) in cases {
+        let ids = tok.encode(text).unwrap().ids;
+        assert_eq!(&ids[..want.len()], want, "{text:?}");
+    }
+}

@@ -38,6 +38,7 @@ fn request(case: &Value) -> Request {
         batch: case["batch"].as_u64().unwrap() as usize,
         batch_count: 1,
         init: None,
+        text: Default::default(),
         prompt_embeds: None,
     }
 }

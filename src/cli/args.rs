@@ -28,7 +28,7 @@ pub enum Command {
     Inpaint(InpaintArgs),
     /// Show what a model folder holds and what will not work.
     Inspect(InspectArgs),
-    /// Print the 77 token ids the text encoder will receive.
+    /// Print the token ids (77 per chunk) and weights the text encoder will receive.
     Tokenize(TokenizeArgs),
     /// List the schedulers and their diffusers classes.
     Schedulers,
@@ -147,6 +147,21 @@ pub struct Txt2ImgArgs {
     /// Seed of the first image; image i of the run gets seed + i (default, or -1 as in A1111: random, printed).
     #[arg(short, long, allow_negative_numbers = true, value_parser = parse_seed, help_heading = GENERATION)]
     pub seed: Option<SeedArg>,
+    /// How prompts are read. a1111: `(word:1.2)` and `(word)` weigh 1.2 and 1.1, `[word]` 1/1.1, `\(` is a
+    /// literal bracket, `BREAK` starts a new 75-token chunk, and prompts of any length are encoded 75 tokens
+    /// at a time. plain: diffusers' reading, the text as it is, cut at 77 tokens.
+    #[arg(long, default_value = "a1111", value_name = "SYNTAX", help_heading = GENERATION)]
+    pub prompt_syntax: String,
+    /// How weights act (A1111's Emphasis setting): original (multiply, then restore the chunk's mean) or
+    /// no-norm (multiply only).
+    #[arg(long, default_value = "original", value_name = "NAME", help_heading = GENERATION)]
+    pub emphasis: String,
+    /// A1111's Clip skip: 1 = the text encoder's last layer, 2 = the one before it (through the final layer
+    /// norm), and so on. diffusers counts one less: its `clip_skip=1` is our 2, and it skips for the prompt
+    /// only, which --prompt-syntax plain keeps (A1111 syntax skips for the negative prompt too, as A1111).
+    /// SDXL starts at its penultimate layer, and N moves N - 1 layers further back.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_name = "N", help_heading = GENERATION)]
+    pub clip_skip: usize,
     /// torch: torch.Generator("cpu") (diffusers' PyTorch pipelines); numpy: RandomState (diffusers' ONNX
     /// pipelines); philox: torch.Generator("cuda") on NVIDIA GPUs (A1111's GPU/NV seeds), bit for bit.
     #[arg(long, default_value = "torch", value_name = "NAME", help_heading = GENERATION)]
@@ -240,9 +255,12 @@ pub struct TokenizeArgs {
     /// Exported ONNX pipeline folder (its tokenizer).
     #[arg(short, long, value_name = "DIR")]
     pub model: PathBuf,
-    /// Machine-readable output: {"ids", "tokens", "truncated"}.
+    /// Machine-readable output: {"ids", "tokens", "chunks": [{"ids", "tokens", "weights"}], "truncated"}.
     #[arg(long)]
     pub json: bool,
+    /// a1111 (chunks of 75 with weights) or plain (77 ids, the rest cut), as for txt2img.
+    #[arg(long, default_value = "a1111", value_name = "SYNTAX")]
+    pub prompt_syntax: String,
     /// The prompt to tokenize.
     pub text: String,
 }

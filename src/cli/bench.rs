@@ -36,6 +36,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         batch: 1,
         batch_count: 1,
         init: None,
+        text: Default::default(),
         prompt_embeds: None,
     };
     // Fail on a bad size or scheduler before anything is loaded.

@@ -14,6 +14,7 @@ use sd_onnx::output::{
 };
 use sd_onnx::pipeline::{BatchSeeds, InitIntent, Intent, MemoryMode, Pipeline, resolve};
 use sd_onnx::profile::ModelProfile;
+use sd_onnx::prompt::{Emphasis, PromptSyntax, TextOptions};
 use sd_onnx::schedulers::{SchedulerKind, SigmaSpacing};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -92,6 +93,21 @@ fn intent(a: &Txt2ImgArgs, init: Option<InitSpec>) -> Result<Intent> {
         batch: Some(a.batch_size),
         batch_count: Some(a.batch_count),
         init,
+        text: TextOptions {
+            syntax: PromptSyntax::parse(&a.prompt_syntax).ok_or_else(|| {
+                Error::Usage(format!(
+                    "--prompt-syntax {}: choose a1111 or plain",
+                    a.prompt_syntax
+                ))
+            })?,
+            emphasis: Emphasis::parse(&a.emphasis).ok_or_else(|| {
+                Error::Usage(format!(
+                    "--emphasis {}: choose original or no-norm",
+                    a.emphasis
+                ))
+            })?,
+            clip_skip: a.clip_skip,
+        },
         prompt_embeds: None,
     })
 }

@@ -15,6 +15,8 @@ pub use config::argv;
 use sd_onnx::error::{Error, Result};
 use sd_onnx::pipeline::family::GraphShapes;
 use sd_onnx::profile::ModelProfile;
+use sd_onnx::prompt::PromptSyntax;
+use sd_onnx::prompt::chunk::Chunk;
 use sd_onnx::rng::RngKind;
 use sd_onnx::runtime::{ProviderSettings, Runtime, RuntimeConfig};
 use sd_onnx::schedulers::SchedulerKind;
@@ -158,35 +160,75 @@ fn load_runtime(
 fn tokenize(a: args::TokenizeArgs) -> Result<()> {
     let profile = ModelProfile::load(&a.model)?;
     let tok = ClipTokenizer::from_dir(&profile.tokenizer_dir)?;
-    let enc = tok.encode(&a.text)?;
-    let tokens: Vec<&str> = enc
-        .ids
-        .iter()
-        .map(|&i| tok.token(i).unwrap_or("?"))
-        .collect();
+    let syntax = PromptSyntax::parse(&a.prompt_syntax).ok_or_else(|| {
+        Error::Usage(format!(
+            "--prompt-syntax {}: choose a1111 or plain",
+            a.prompt_syntax
+        ))
+    })?;
+    // What the text encoder receives: 77-id chunks with each id's weight (plain: one chunk, the rest cut).
+    let (chunks, truncated) = match syntax {
+        PromptSyntax::A1111 => (sd_onnx::prompt::chunks(&tok, &a.text)?, None),
+        PromptSyntax::Plain => {
+            let enc = tok.encode(&a.text)?;
+            let weights = vec![1.0; enc.ids.len()];
+            (
+                vec![Chunk {
+                    ids: enc.ids,
+                    weights,
+                }],
+                enc.truncated,
+            )
+        }
+    };
+    let name = |i: i64| tok.token(i).unwrap_or("?");
     if a.json {
+        let ids: Vec<i64> = chunks.iter().flat_map(|c| c.ids.clone()).collect();
+        let tokens: Vec<&str> = ids.iter().map(|&i| name(i)).collect();
+        let per_chunk: Vec<_> = chunks
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "ids": c.ids,
+                    "tokens": c.ids.iter().map(|&i| name(i)).collect::<Vec<_>>(),
+                    "weights": c.weights,
+                })
+            })
+            .collect();
         println!(
             "{}",
-            serde_json::json!({"ids": enc.ids, "tokens": tokens, "truncated": enc.truncated})
+            serde_json::json!({"ids": ids, "tokens": tokens, "chunks": per_chunk, "truncated": truncated})
         );
         return Ok(());
     }
-    // One line per token up to the end token, then the padding counted (A1111 shows "N/75").
-    let used = enc.ids[1..]
-        .iter()
-        .position(|&i| i == tok.eos())
-        .unwrap_or(enc.ids.len() - 2);
-    for (id, t) in enc.ids.iter().zip(&tokens).take(used + 2) {
-        println!("{id:>6}  {t}");
+    // Per chunk, one line per token up to the end token (with its weight where it is not 1), then the
+    // padding counted; A1111 shows the count as "N/75".
+    let mut used_total = 0;
+    for (n, c) in chunks.iter().enumerate() {
+        if chunks.len() > 1 {
+            println!("chunk {}/{}", n + 1, chunks.len());
+        }
+        let used = c.ids[1..]
+            .iter()
+            .position(|&i| i == tok.eos())
+            .unwrap_or(c.ids.len() - 2);
+        used_total += used;
+        for (id, w) in c.ids.iter().zip(&c.weights).take(used + 2) {
+            if *w == 1.0 {
+                println!("{id:>6}  {}", name(*id));
+            } else {
+                println!("{id:>6}  {:<24} x{w:.3}", name(*id));
+            }
+        }
+        let pad = c.ids.len() - used - 2;
+        println!(
+            "{:>6}  {} x {pad} (padding to 77)",
+            c.ids[c.ids.len() - 1],
+            name(c.ids[c.ids.len() - 1])
+        );
     }
-    let (pad, pad_id) = tok.pad_token();
-    println!(
-        "{:>6}  {pad} x {} (padding to 77)",
-        pad_id,
-        enc.ids.len() - used - 2
-    );
-    eprintln!("{used}/75 tokens");
-    if let Some(cut) = enc.truncated {
+    eprintln!("{used_total}/{} tokens", 75 * chunks.len());
+    if let Some(cut) = truncated {
         eprintln!("warning: longer than 75 tokens; cut: \"{cut}\"");
     }
     Ok(())

@@ -7,19 +7,23 @@
 //! `prompt_embeds`, `negative_prompt_embeds`, `pooled_prompt_embeds`, `negative_pooled_prompt_embeds`).
 
 use crate::error::{Error, Result};
+use crate::graphs::Layer;
 use crate::pipeline::family::{Family, Guidance, TextConditioning};
+use crate::pipeline::limits;
 use crate::pipeline::sessions::Sessions;
 use crate::profile::ModelProfile;
+use crate::prompt::chunk::Chunk;
+use crate::prompt::{self, PromptSyntax, TextOptions};
 use crate::tokenizer::ClipTokenizer;
 use ndarray::{Array2, Array3, Axis, concatenate};
 
 /// One prompt's embeddings, as the text encoders give them (batch 1).
 #[derive(Clone, Debug)]
 pub struct PromptEmbeds {
-    /// The prompt's hidden states, (1, 77, width).
+    /// The prompt's hidden states, (1, 77 x chunks, width).
     pub cond: Array3<f32>,
-    /// The negative prompt's (or empty prompt's, or zeros on SDXL), same shape; `None` when the run is not
-    /// guided.
+    /// The negative prompt's (or empty prompt's, or zeros on SDXL), the same width (its own number of
+    /// chunks); `None` when the run is not guided.
     pub uncond: Option<Array3<f32>>,
     /// SDXL: the second encoder's pooled projection of the prompt, (1, projection).
     pub pooled: Option<Array2<f32>>,
@@ -29,8 +33,12 @@ pub struct PromptEmbeds {
 
 /// What the UNet is conditioned on for a whole run.
 pub(crate) struct Conditioning {
-    /// `encoder_hidden_states`, batched.
+    /// `encoder_hidden_states`, batched: `[uncond x B, cond x B]`, or only the cond half when the halves
+    /// differ in length (see `uncond_context`).
     pub context: Array3<f32>,
+    /// The unconditional half (x B) when it has a different number of chunks than the prompt's: the UNet then
+    /// runs on each half separately, as A1111 does by default.
+    pub uncond_context: Option<Array3<f32>>,
     /// Named 2-D inputs besides the text embeddings.
     pub extras: Vec<(&'static str, Array2<f32>)>,
 }
@@ -82,14 +90,6 @@ fn fits(
     }
 }
 
-fn tokenize(tok: &ClipTokenizer, text: &str, warnings: &mut Vec<String>) -> Result<Vec<i64>> {
-    let enc = tok.encode(text)?;
-    if let Some(cut) = enc.truncated {
-        warnings.push(truncation_warning(&cut));
-    }
-    Ok(enc.ids)
-}
-
 /// What was cut from a long prompt, itself cut to its first 80 characters (a 10,000-word prompt is one
 /// line, not 69 KB).
 pub(crate) fn truncation_warning(cut: &str) -> String {
@@ -104,44 +104,126 @@ pub(crate) fn truncation_warning(cut: &str) -> String {
     }
 }
 
-/// One text through the family's encoders: (hidden states, pooled projection for SDXL).
+/// One text through the family's encoders: (hidden states (1, 77 x chunks, width), pooled projection for
+/// SDXL). Plain syntax is diffusers' `encode_prompt` (77 tokens, the rest cut and warned about); A1111 syntax
+/// runs each 75-token chunk through the encoder(s), applies its weights and concatenates the chunks along the
+/// sequence (SDXL: the pooled projection is the first chunk's, as A1111 takes it).
 fn embed(
     sessions: &mut Sessions,
     profile: &ModelProfile,
     tokenizers: &Tokenizers,
     family: Family,
     text: &str,
+    opts: &TextOptions,
     warnings: &mut Vec<String>,
 ) -> Result<(Array3<f32>, Option<Array2<f32>>)> {
-    let ids = tokenize(&tokenizers.first, text, warnings)?;
-    if family.text == TextConditioning::Sd {
-        return Ok((sessions.text_encoder(profile)?.encode(&ids)?, None));
+    let second_tok = match family.text {
+        TextConditioning::Sd => None,
+        TextConditioning::Sdxl { .. } => Some(tokenizers.second.as_ref().ok_or_else(|| {
+            Error::model(&profile.dir, "has no tokenizer_2 (not an SDXL folder)")
+        })?),
+    };
+    // Per chunk: the first tokenizer's ids and weights, and the second's (SDXL).
+    let (first, second): (Vec<Chunk>, Vec<Chunk>) = match opts.syntax {
+        PromptSyntax::Plain => {
+            let plain = |tok: &ClipTokenizer, warnings: &mut Vec<String>| -> Result<Chunk> {
+                let enc = tok.encode(text)?;
+                if let Some(cut) = enc.truncated {
+                    warnings.push(truncation_warning(&cut));
+                }
+                let weights = vec![1.0; enc.ids.len()];
+                Ok(Chunk {
+                    ids: enc.ids,
+                    weights,
+                })
+            };
+            let first = plain(&tokenizers.first, warnings)?;
+            // The second tokenizer cuts the same text: not warned about twice.
+            let second = match second_tok {
+                Some(t) => vec![plain(t, &mut Vec::new())?],
+                None => Vec::new(),
+            };
+            (vec![first], second)
+        }
+        PromptSyntax::A1111 => {
+            let first = prompt::chunks(&tokenizers.first, text)?;
+            if first.len() > limits::MAX_PROMPT_CHUNKS {
+                return Err(Error::Invalid {
+                    field: "prompt",
+                    msg: format!(
+                        "is {} chunks of 75 tokens; sd-onnx's limit is {} ({} tokens)",
+                        first.len(),
+                        limits::MAX_PROMPT_CHUNKS,
+                        limits::MAX_PROMPT_CHUNKS * prompt::chunk::CHUNK_TOKENS
+                    ),
+                });
+            }
+            let second = match second_tok {
+                Some(t) => prompt::chunks(t, text)?,
+                None => Vec::new(),
+            };
+            (first, second)
+        }
+    };
+    let mut states = Vec::with_capacity(first.len());
+    let mut pooled = None;
+    for (i, chunk) in first.iter().enumerate() {
+        if second_tok.is_none() {
+            let mut z = sessions
+                .text_encoder(profile, Layer::Sd(opts.clip_skip))?
+                .encode_skip(&chunk.ids, opts.clip_skip)?;
+            opts.emphasis.apply(&mut z, chunk)?;
+            states.push(z);
+            continue;
+        }
+        // SDXL: both encoders' penultimate hidden states concatenated (1, 77, w1 + w2), and the second
+        // encoder's pooled projection (1, p), as `StableDiffusionXLPipeline.encode_prompt` builds them.
+        let chunk_2 = second.get(i).ok_or_else(|| {
+            Error::model(
+                &profile.dir,
+                "the two tokenizers split the prompt into different numbers of chunks",
+            )
+        })?;
+        let (mut a, _) = sessions
+            .text_encoder(profile, Layer::Xl(opts.clip_skip))?
+            .encode_penultimate(&chunk.ids, opts.clip_skip)?;
+        let (mut b, p) = sessions
+            .text_encoder_2(profile, Layer::Xl(opts.clip_skip))?
+            .encode_penultimate(&chunk_2.ids, opts.clip_skip)?;
+        opts.emphasis.apply(&mut a, chunk)?;
+        opts.emphasis.apply(&mut b, chunk_2)?;
+        if i == 0 {
+            pooled = Some(p.ok_or_else(|| {
+                Error::model(
+                    profile.dir.join("text_encoder_2"),
+                    "has no `text_embeds` output (the pooled projection SDXL's UNet takes)",
+                )
+            })?);
+        }
+        states.push(concatenate(Axis(2), &[a.view(), b.view()]).map_err(|e| {
+            Error::model(
+                &profile.dir,
+                format!("the two text encoders' hidden states do not concatenate: {e}"),
+            )
+        })?);
     }
-    // SDXL: both encoders' penultimate hidden states concatenated (1, 77, w1 + w2), and the second encoder's
-    // pooled projection (1, p), as `StableDiffusionXLPipeline.encode_prompt` builds them. The second
-    // tokenizer's truncation is the same text's, so it is not warned about twice.
-    let second_tok = tokenizers
-        .second
-        .as_ref()
-        .ok_or_else(|| Error::model(&profile.dir, "has no tokenizer_2 (not an SDXL folder)"))?;
-    let ids_2 = second_tok.encode(text)?.ids;
-    let (first, _) = sessions.text_encoder(profile)?.encode_penultimate(&ids)?;
-    let (second, pooled) = sessions
-        .text_encoder_2(profile)?
-        .encode_penultimate(&ids_2)?;
-    let pooled = pooled.ok_or_else(|| {
-        Error::model(
-            profile.dir.join("text_encoder_2"),
-            "has no `text_embeds` output (the pooled projection SDXL's UNet takes)",
-        )
-    })?;
-    let context = concatenate(Axis(2), &[first.view(), second.view()]).map_err(|e| {
+    let views: Vec<_> = states.iter().map(|z| z.view()).collect();
+    let context = concatenate(Axis(1), &views).map_err(|e| {
         Error::model(
             &profile.dir,
-            format!("the two text encoders' hidden states do not concatenate: {e}"),
+            format!("the prompt's chunks do not join: {e}"),
         )
     })?;
-    Ok((context, Some(pooled)))
+    Ok((context, pooled))
+}
+
+/// The texts of one run and how to read them.
+pub(crate) struct Texts<'a> {
+    pub prompt: &'a str,
+    pub negative: Option<&'a str>,
+    /// Whether the unconditional half is needed.
+    pub guided: bool,
+    pub opts: &'a TextOptions,
 }
 
 /// diffusers' `encode_prompt`: the prompt's embeddings, and when `guided` the negative prompt's (the empty
@@ -150,13 +232,19 @@ pub(crate) fn encode_prompt(
     sessions: &mut Sessions,
     profile: &ModelProfile,
     tokenizers: &Tokenizers,
-    prompt: &str,
-    negative: Option<&str>,
-    guided: bool,
+    texts: Texts<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<PromptEmbeds> {
+    let Texts {
+        prompt,
+        negative,
+        guided,
+        opts,
+    } = texts;
     let family = profile.family();
-    let (cond, pooled) = embed(sessions, profile, tokenizers, family, prompt, warnings)?;
+    let (cond, pooled) = embed(
+        sessions, profile, tokenizers, family, prompt, opts, warnings,
+    )?;
     let (uncond, uncond_pooled) = match (guided, negative, family.text) {
         (false, _, _) => (None, None),
         (
@@ -170,14 +258,33 @@ pub(crate) fn encode_prompt(
             pooled.as_ref().map(|p| Array2::zeros(p.raw_dim())),
         ),
         (true, negative, _) => {
+            // diffusers' `encode_prompt` applies `clip_skip` to the prompt only; plain syntax keeps that.
+            let negative_opts = match opts.syntax {
+                PromptSyntax::Plain => TextOptions {
+                    clip_skip: 1,
+                    ..*opts
+                },
+                PromptSyntax::A1111 => *opts,
+            };
             let (u, p) = embed(
                 sessions,
                 profile,
                 tokenizers,
                 family,
                 negative.unwrap_or(""),
+                &negative_opts,
                 warnings,
-            )?;
+            )
+            .map_err(|e| match e {
+                Error::Invalid {
+                    field: "prompt",
+                    msg,
+                } => Error::Invalid {
+                    field: "negative_prompt",
+                    msg,
+                },
+                other => other,
+            })?;
             (Some(u), p)
         }
     };
@@ -227,9 +334,9 @@ pub(crate) fn condition(
         )));
     }
     let uncond = match (&embeds.uncond, guided) {
-        (Some(u), true) if u.shape() != embeds.cond.shape() => {
+        (Some(u), true) if u.shape()[0] != 1 || u.shape()[2] != embeds.cond.shape()[2] => {
             return Err(invalid(format!(
-                "uncond {:?} and cond {:?} differ in shape",
+                "uncond {:?} and cond {:?} differ in batch or width",
                 u.shape(),
                 embeds.cond.shape()
             )));
@@ -249,7 +356,13 @@ pub(crate) fn condition(
             guidance_scale_embedding(guidance - 1.0, dim, batch),
         ));
     }
-    let context = batched(uncond, &embeds.cond, batch)?;
+    let (context, uncond_context) = match uncond {
+        Some(u) if u.shape() != embeds.cond.shape() => (
+            batched(None, &embeds.cond, batch)?,
+            Some(batched(None, u, batch)?),
+        ),
+        u => (batched(u, &embeds.cond, batch)?, None),
+    };
     if let TextConditioning::Sdxl { .. } = family.text {
         let pooled = embeds
             .pooled
@@ -262,13 +375,18 @@ pub(crate) fn condition(
         };
         let pooled = batched(uncond_pooled, pooled, batch)?;
         let ids = Family::time_ids(width, height);
+        let rows = pooled.shape()[0];
         extras.push(("text_embeds", pooled));
         extras.push((
             "time_ids",
-            Array2::from_shape_fn((context.shape()[0], ids.len()), |(_, j)| ids[j]),
+            Array2::from_shape_fn((rows, ids.len()), |(_, j)| ids[j]),
         ));
     }
-    Ok(Conditioning { context, extras })
+    Ok(Conditioning {
+        context,
+        uncond_context,
+        extras,
+    })
 }
 
 /// diffusers' `get_guidance_scale_embedding(w)` (LatentConsistencyModelPipeline, StableDiffusionPipeline):

@@ -61,7 +61,13 @@ pub(crate) fn denoise(
             .map_or(0, |(m, mi)| m.shape()[1] + mi.shape()[1]);
     let unet_batch = if l.guided { 2 * l.batch } else { l.batch };
     let bound_shape = [unet_batch, in_channels, shape[2], shape[3]];
+    // Halves of different lengths: the UNet runs on each (unbound), A1111's default for such prompts.
+    let split = match &l.cond.uncond_context {
+        Some(u) => Some((u, halves(&l.cond.extras, l.batch))),
+        None => None,
+    };
     if begin < timesteps.len()
+        && split.is_none()
         && let Err(e) = unet.bind(&l.cond.context, &l.cond.extras, &bound_shape, shape[1])
     {
         warnings.push(format!(
@@ -91,7 +97,17 @@ pub(crate) fn denoise(
                 .map_err(|e| Error::Usage(e.to_string()))?;
         }
         let bound_before = unet.bound_runs;
-        let out = unet.run(&input, timesteps[i], &l.cond.context, &l.cond.extras)?;
+        let out = match &split {
+            None => unet.run(&input, timesteps[i], &l.cond.context, &l.cond.extras)?,
+            Some((uncond, (extras_u, extras_c))) => {
+                let b = l.batch;
+                let u = input.slice(s![..b, .., .., ..]).to_owned();
+                let c = input.slice(s![b.., .., .., ..]).to_owned();
+                let u = unet.run(&u, timesteps[i], uncond, extras_u)?;
+                let c = unet.run(&c, timesteps[i], &l.cond.context, extras_c)?;
+                concat4(&[&u, &c])?
+            }
+        };
         if unet.bound_runs > bound_before {
             timings.unet_host_io.push(unet.last_host_io);
         }
@@ -132,6 +148,19 @@ pub(crate) fn denoise(
         ));
     }
     Ok(latents)
+}
+
+type Extras = Vec<(&'static str, ndarray::Array2<f32>)>;
+
+/// The unconditional and conditional rows of the UNet's 2-D inputs (`[uncond x B, cond x B]`).
+fn halves(extras: &[(&'static str, ndarray::Array2<f32>)], batch: usize) -> (Extras, Extras) {
+    let half = |range: std::ops::Range<usize>| {
+        extras
+            .iter()
+            .map(|(n, a)| (*n, a.slice(s![range.clone(), ..]).to_owned()))
+            .collect()
+    };
+    (half(0..batch), half(batch..2 * batch))
 }
 
 /// Classifier-free guidance: `uncond + g * (text - uncond)`, then diffusers' `rescale_noise_cfg` when asked.

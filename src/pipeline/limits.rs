@@ -12,6 +12,10 @@ pub const MAX_BATCH: usize = 64;
 pub const MAX_BATCH_COUNT: usize = 10_000;
 /// Latent pixels in one run (batch x latent height x latent width): 64 images of 1024 x 1024 on SD's VAE.
 pub const MAX_LATENT_PIXELS: usize = 64 * 128 * 128;
+/// 75-token chunks in one prompt under A1111 syntax (2,400 tokens): each one is a text-encoder run and 77
+/// more tokens every cross-attention of every UNet step attends to. A1111 sets no limit; pasted prompts
+/// rarely pass 10 chunks.
+pub const MAX_PROMPT_CHUNKS: usize = 32;
 /// Input images are decoded only up to this size (and this many bytes), before any resizing.
 pub const MAX_INPUT_SIDE: u32 = 16384;
 /// Bytes an input image may decode to.

@@ -33,6 +33,7 @@ pub use sessions::MemoryMode;
 use crate::error::Result;
 use crate::graphs::EncoderOutput;
 use crate::profile::ModelProfile;
+pub use crate::prompt::TextOptions;
 use crate::runtime::{GraphCapture, Runtime};
 use crate::schedulers::Latents;
 use crate::tokenizer::ClipTokenizer;
@@ -178,13 +179,15 @@ impl Pipeline {
         self.interrupt.clone()
     }
 
-    /// diffusers' `encode_prompt`: the embeddings a run at this guidance scale would use, to inspect, change
-    /// or pass back as [`Request::prompt_embeds`]. Warnings (a truncated prompt) are appended to `warnings`.
+    /// diffusers' `encode_prompt`: the embeddings a run at this guidance scale would use, read as `text` says
+    /// (syntax, emphasis, clip skip), to inspect, change or pass back as [`Request::prompt_embeds`]. Warnings
+    /// (a truncated plain prompt) are appended to `warnings`.
     pub fn encode_prompt(
         &mut self,
         prompt: &str,
         negative_prompt: Option<&str>,
         guidance: f32,
+        text: &TextOptions,
         warnings: &mut Vec<String>,
     ) -> Result<PromptEmbeds> {
         let guided = self.family.guided(guidance);
@@ -192,9 +195,12 @@ impl Pipeline {
             &mut self.sessions,
             &self.profile,
             &self.tokenizers,
-            prompt,
-            negative_prompt,
-            guided,
+            conditioning::Texts {
+                prompt,
+                negative: negative_prompt,
+                guided,
+                opts: text,
+            },
             warnings,
         )
     }
@@ -242,9 +248,12 @@ impl Pipeline {
                     &mut self.sessions,
                     &self.profile,
                     &self.tokenizers,
-                    &req.prompt,
-                    req.negative_prompt.as_deref(),
-                    guided,
+                    conditioning::Texts {
+                        prompt: &req.prompt,
+                        negative: req.negative_prompt.as_deref(),
+                        guided,
+                        opts: &req.text,
+                    },
                     &mut warnings,
                 )?;
                 &encoded

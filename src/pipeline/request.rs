@@ -9,6 +9,7 @@ use crate::images;
 use crate::pipeline::conditioning::PromptEmbeds;
 use crate::pipeline::limits;
 use crate::profile::ModelProfile;
+use crate::prompt::TextOptions;
 use crate::rng::RngKind;
 use crate::schedulers::{Scheduler, SchedulerKind, SigmaSpacing};
 use image::DynamicImage;
@@ -60,6 +61,8 @@ pub struct Request {
     pub batch_count: usize,
     /// img2img / inpainting input; `None` for txt2img.
     pub init: Option<Init>,
+    /// How the prompts are read: syntax, emphasis, clip skip.
+    pub text: TextOptions,
     /// Embeddings to use instead of encoding `prompt` and `negative_prompt` (diffusers' `prompt_embeds` and
     /// friends); see [`crate::pipeline::Pipeline::encode_prompt`].
     pub prompt_embeds: Option<PromptEmbeds>,
@@ -99,6 +102,8 @@ pub struct Intent {
     pub batch_count: Option<usize>,
     /// img2img / inpainting input.
     pub init: Option<InitIntent>,
+    /// How the prompts are read (default: A1111's syntax, its "Original" emphasis, clip skip 1).
+    pub text: TextOptions,
     /// Precomputed embeddings instead of the text encoders.
     pub prompt_embeds: Option<PromptEmbeds>,
 }
@@ -238,6 +243,7 @@ pub fn resolve(profile: &ModelProfile, intent: Intent) -> Result<Plan> {
         batch: intent.batch.unwrap_or(1),
         batch_count: intent.batch_count.unwrap_or(1),
         init,
+        text: intent.text,
         prompt_embeds: intent.prompt_embeds,
     };
     let mut plan = request.plan(profile)?;
@@ -281,6 +287,38 @@ fn init_size(
         ));
     }
     Ok(by_unet)
+}
+
+/// Clip skip counts layers back from the last: at least 1, and no further back than the encoder has layers
+/// (SDXL already starts one back, at the penultimate). Without a config the graph is checked when it is edited.
+fn check_clip_skip(profile: &ModelProfile, n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(invalid(
+            "clip_skip",
+            "must be at least 1 (1 = the last layer, A1111's default)",
+        ));
+    }
+    let layers = profile
+        .text_encoder
+        .config
+        .as_ref()
+        .and_then(|c| c["num_hidden_layers"].as_u64())
+        .map(|l| l as usize);
+    let back = if profile.xl.is_some() { n + 1 } else { n };
+    match layers {
+        Some(l) if back > l => Err(invalid(
+            "clip_skip",
+            format!(
+                "{n} is more than this text encoder's {l} layers allow (at most {})",
+                if profile.xl.is_some() {
+                    l.saturating_sub(1)
+                } else {
+                    l
+                }
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_size(profile: &ModelProfile, width: usize, height: usize) -> Result<()> {
@@ -327,6 +365,7 @@ impl Request {
         if self.steps == 0 {
             return Err(invalid("steps", "must be at least 1"));
         }
+        check_clip_skip(profile, self.text.clip_skip)?;
         if self.batch == 0 || self.batch > limits::MAX_BATCH {
             return Err(invalid(
                 "batch",

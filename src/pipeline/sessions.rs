@@ -3,7 +3,7 @@
 //! dropped as soon as the run is done with them.
 
 use crate::error::{Error, Result};
-use crate::graphs::{EncoderOutput, TextEncoder, Unet, VaeDecoder, VaeEncoder};
+use crate::graphs::{EncoderOutput, Layer, TextEncoder, Unet, VaeDecoder, VaeEncoder};
 use crate::profile::ModelProfile;
 use crate::runtime::Runtime;
 
@@ -38,6 +38,13 @@ impl<T> Slot<T> {
 
     fn clear(&mut self) {
         self.0 = None;
+    }
+
+    /// Drop what the slot holds unless `keep` says it will do.
+    fn retain(&mut self, keep: impl FnOnce(&T) -> bool) {
+        if self.0.as_ref().is_some_and(|v| !keep(v)) {
+            self.0 = None;
+        }
     }
 }
 
@@ -78,9 +85,11 @@ impl Sessions {
 
     /// Open every graph now (for [`MemoryMode::KeepAll`]).
     pub(crate) fn open_all(&mut self, profile: &ModelProfile) -> Result<()> {
-        self.text_encoder(profile)?;
         if profile.xl.is_some() {
-            self.text_encoder_2(profile)?;
+            self.text_encoder(profile, Layer::Xl(1))?;
+            self.text_encoder_2(profile, Layer::Xl(1))?;
+        } else {
+            self.text_encoder(profile, Layer::Sd(1))?;
         }
         self.unet(profile)?;
         self.vae_decoder(profile)?;
@@ -94,14 +103,25 @@ impl Sessions {
         &self.runtime
     }
 
-    pub(crate) fn text_encoder(&mut self, profile: &ModelProfile) -> Result<&mut TextEncoder> {
+    /// The text encoder, able to give `layer` (a session that cannot is replaced by one edited to).
+    pub(crate) fn text_encoder(
+        &mut self,
+        profile: &ModelProfile,
+        layer: Layer,
+    ) -> Result<&mut TextEncoder> {
         let rt = &self.runtime;
+        self.text_encoder.retain(|t| t.has_layer(layer));
         self.text_encoder
-            .get_or(|| TextEncoder::load(rt, &profile.text_encoder))
+            .get_or(|| TextEncoder::load_layer(rt, &profile.text_encoder, layer))
     }
 
-    pub(crate) fn text_encoder_2(&mut self, profile: &ModelProfile) -> Result<&mut TextEncoder> {
+    pub(crate) fn text_encoder_2(
+        &mut self,
+        profile: &ModelProfile,
+        layer: Layer,
+    ) -> Result<&mut TextEncoder> {
         let rt = &self.runtime;
+        self.text_encoder_2.retain(|t| t.has_layer(layer));
         self.text_encoder_2.get_or(|| {
             let c = profile
                 .xl
@@ -110,7 +130,7 @@ impl Sessions {
                 .ok_or_else(|| {
                     Error::model(&profile.dir, "has no text_encoder_2 (not an SDXL folder)")
                 })?;
-            TextEncoder::load(rt, c)
+            TextEncoder::load_layer(rt, c, layer)
         })
     }
 

@@ -81,6 +81,9 @@ pub struct SessionSpec {
     pub component: Component,
     /// (initializer name, value of the graph's shape and element type), applied at session creation.
     pub overrides: Vec<(String, Arc<DynValue>)>,
+    /// The graph edited in memory ([`crate::onnx_edit`]), loaded instead of the component's file; its
+    /// external data is read from the file's folder. `identity` says what the edit was.
+    pub edited: Option<Arc<[u8]>>,
     /// A stable description of what the overrides are (e.g. `lora:style.safetensors@<mtime>*0.8`); part of the
     /// cache key ([`graph_cache_path`]), so differently overridden graphs never share an entry. Empty without
     /// overrides. (Overridden sessions are not cached today: see [`Runtime::open_spec`].)
@@ -93,6 +96,7 @@ impl SessionSpec {
         SessionSpec {
             component: component.clone(),
             overrides: Vec::new(),
+            edited: None,
             identity: String::new(),
         }
     }
@@ -350,6 +354,7 @@ impl Runtime {
             && self.config.graph_cache
             && use_cache
             && spec.overrides.is_empty()
+            && spec.edited.is_none()
         {
             graph_cache_path(self, spec).filter(|path| {
                 let dir = path.parent().unwrap_or(Path::new("."));
@@ -391,6 +396,20 @@ impl Runtime {
                 }
             }
             Some(path) => self.create_cached(builder, spec, capture, &path),
+            None if spec.edited.is_some() => {
+                let dir = graph.parent().unwrap_or(Path::new("."));
+                let bytes = spec.edited.as_deref().unwrap_or_default();
+                builder
+                    .with_optimization_level(GraphOptimizationLevel::All)
+                    .map_err(Error::ort(&context))?
+                    .with_config_entry(
+                        "session.model_external_initializers_file_folder_path",
+                        dir.to_string_lossy(),
+                    )
+                    .map_err(Error::ort(&context))?
+                    .commit_from_memory(bytes)
+                    .map_err(|e| load_error(component, choice.provider, e))
+            }
             None => builder
                 .with_optimization_level(GraphOptimizationLevel::All)
                 .map_err(Error::ort(&context))?
