@@ -103,30 +103,41 @@ def parse_prompt_attention(text):
 CHUNK = 75
 
 
-def tokenize_line(tokenizer, line, comma_padding_backtrack=20, syntax=True):
-    """A1111's tokenize_line without textual inversion: [(77 token ids, 77 multipliers)] per chunk."""
+def find_embedding(embeddings, tokens, position):
+    """EmbeddingDatabase.find_embedding_at_position: the longest trigger whose token ids start here."""
+    for name, ids, vectors in sorted(embeddings, key=lambda e: -len(e[1])):
+        if tokens[position:position + len(ids)] == ids:
+            return name, ids, vectors
+    return None
+
+
+def tokenize_line(tokenizer, line, comma_padding_backtrack=20, syntax=True, embeddings=()):
+    """A1111's tokenize_line: [(77 token ids, 77 multipliers, fixes)] per chunk. `embeddings`: (name, trigger
+    token ids, vectors (n, width)); a fix is (offset in the chunk after BOS, vectors), A1111's PromptChunkFix."""
     parsed = parse_prompt_attention(line) if syntax else [[line, 1.0]]
     tokenized = tokenizer([t for t, _ in parsed], truncation=False, add_special_tokens=False)["input_ids"]
     id_start, id_end = tokenizer.bos_token_id, tokenizer.eos_token_id
     comma = tokenizer.get_vocab().get(",</w>")
     chunks = []
-    tokens, mults = [], []
+    tokens, mults, fixes = [], [], []
     last_comma = -1
 
     def next_chunk():
-        nonlocal tokens, mults, last_comma
+        nonlocal tokens, mults, fixes, last_comma
         to_add = CHUNK - len(tokens)
         if to_add > 0:
             tokens += [id_end] * to_add
             mults += [1.0] * to_add
-        chunks.append(([id_start] + tokens + [id_end], [1.0] + mults + [1.0]))
-        tokens, mults, last_comma = [], [], -1
+        chunks.append(([id_start] + tokens + [id_end], [1.0] + mults + [1.0], fixes))
+        tokens, mults, fixes, last_comma = [], [], [], -1
 
     for ids, (text, weight) in zip(tokenized, parsed):
         if text == "BREAK" and weight == -1:
             next_chunk()
             continue
-        for token in ids:
+        position = 0
+        while position < len(ids):
+            token = ids[position]
             if token == comma:
                 last_comma = len(tokens)
             elif (comma_padding_backtrack != 0 and len(tokens) == CHUNK and last_comma != -1
@@ -138,8 +149,19 @@ def tokenize_line(tokenizer, line, comma_padding_backtrack=20, syntax=True):
                 tokens, mults = reloc_t, reloc_m
             if len(tokens) == CHUNK:
                 next_chunk()
-            tokens.append(token)
-            mults.append(weight)
+            found = find_embedding(embeddings, ids, position)
+            if found is None:
+                tokens.append(token)
+                mults.append(weight)
+                position += 1
+                continue
+            _, trigger, vectors = found
+            if len(tokens) + len(vectors) > CHUNK:
+                next_chunk()
+            fixes.append((len(tokens), vectors))
+            tokens += [0] * len(vectors)
+            mults += [weight] * len(vectors)
+            position += len(trigger)
     if tokens or not chunks:
         next_chunk()
     return chunks
@@ -166,7 +188,7 @@ def emphasis(z, mults, kind):
     return z * m.expand(z.shape)
 
 
-def encode(text_encoder, tokenizer, line, layer="last", clip_skip=1, kind="original", syntax=True):
+def encode(text_encoder, tokenizer, line, layer="last", clip_skip=1, kind="original", syntax=True, embeddings=()):
     """One prompt through one CLIP encoder, chunk by chunk, as A1111's forward: (1, 77 * chunks, width) and the
     first chunk's pooled projection (`text_embeds`, when the encoder has one).
 
@@ -176,10 +198,23 @@ def encode(text_encoder, tokenizer, line, layer="last", clip_skip=1, kind="origi
     import torch
 
     zs, pooled = [], None
-    for ids, mults in tokenize_line(tokenizer, line, syntax=syntax):
+    for ids, mults, fixes in tokenize_line(tokenizer, line, syntax=syntax, embeddings=embeddings):
         ids = torch.tensor([pad_after_end(tokenizer, ids)])
+
+        # sd_hijack.EmbeddingsWithFixes: the token embeddings with each fix's vectors written in after BOS.
+        def with_fixes(module, args, out):
+            out = out.clone()
+            for offset, vectors in fixes:
+                out[0, offset + 1:offset + 1 + len(vectors)] = vectors.to(out.dtype)
+            return out
+
+        hook = text_encoder.text_model.embeddings.token_embedding.register_forward_hook(with_fixes)
+        try:
+            with torch.no_grad():
+                out = text_encoder(ids, output_hidden_states=True)
+        finally:
+            hook.remove()
         with torch.no_grad():
-            out = text_encoder(ids, output_hidden_states=True)
             if layer == "penultimate":
                 z = out.hidden_states[-1 - clip_skip]
             elif clip_skip > 1:

@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod embeddings;
 pub mod error;
 pub mod graphs;
 pub mod images;

@@ -543,6 +543,20 @@ impl ModelProfile {
         }
     }
 
+    /// Text encoder `index` (0, or 1 for SDXL's second).
+    pub fn text_encoder_component(&self, index: usize) -> Option<&Component> {
+        match index {
+            0 => Some(&self.text_encoder),
+            1 => self.xl.as_ref().map(|x| &x.text_encoder_2),
+            _ => None,
+        }
+    }
+
+    /// The `config.json` of text encoder `index`, where the folder has one.
+    pub fn text_encoder_config(&self, index: usize) -> Option<&serde_json::Value> {
+        self.text_encoder_component(index)?.config.as_ref()
+    }
+
     /// A short name for PNG metadata: the folder's name.
     pub fn name(&self) -> String {
         self.dir

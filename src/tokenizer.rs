@@ -149,19 +149,23 @@ impl ClipTokenizer {
         ids.extend(body.iter().take(room).map(|&i| i as i64));
         ids.push(self.eos);
         ids.resize(MAX_LENGTH, self.pad);
-        let truncated = (body.len() > room).then(|| self.decode(&body[room..]));
+        let truncated = (body.len() > room).then(|| {
+            let cut: Vec<i64> = body[room..].iter().map(|&i| i64::from(i)).collect();
+            self.decode(&cut)
+        });
         Ok(Encoded { ids, truncated })
     }
 
     /// Token ids back to text (for the truncation warning).
-    fn decode(&self, ids: &[u32]) -> String {
+    /// Token ids back to text (ids outside the vocabulary, such as embeddings', are left out).
+    pub fn decode(&self, ids: &[i64]) -> String {
         let byte_of: HashMap<char, u8> = bytes_to_unicode()
             .into_iter()
             .map(|(b, c)| (c, b))
             .collect();
         let joined: String = ids
             .iter()
-            .filter_map(|i| self.vocab.get(i))
+            .filter_map(|&i| u32::try_from(i).ok().and_then(|i| self.vocab.get(&i)))
             .map(|t| t.replace("</w>", " "))
             .collect();
         let bytes: Vec<u8> = joined

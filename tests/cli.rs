@@ -1240,3 +1240,80 @@ fn tokenize_help_and_arguments() {
         .unwrap();
     expect_usage(&o, "argument 5 (`caf\u{fffd}`) is not valid UTF-8");
 }
+
+/// `--embeddings-dir` on the command line gives the library's (and diffusers') image, `embeddings` lists what
+/// loads and what does not, and a folder that is not there is bad input naming it.
+#[test]
+fn embeddings_from_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("sd-onnx-cli-ti-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("ti.png");
+    let o = run(&[
+        "txt2img",
+        "--model",
+        MODEL,
+        "--embeddings-dir",
+        "tests/fixtures/embeddings",
+        "--prompt",
+        "a photo of tiny-style on a table",
+        "--scheduler",
+        "euler-a",
+        "--steps",
+        "10",
+        "--seed",
+        "50",
+        "--guidance",
+        "7.5",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "--quiet",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (_, _, got) = common::read_png(&out);
+    let (_, _, want) = common::read_png(Path::new("tests/fixtures/ti/ti_a1111_pt.png"));
+    let max = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(
+        max <= 1,
+        "max {max} levels from diffusers' load_textual_inversion"
+    );
+
+    let o = run(&[
+        "embeddings",
+        "--model",
+        MODEL,
+        "--embeddings-dir",
+        "tests/fixtures/embeddings/bad",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["loaded"].as_array().unwrap().len(), 0);
+    let reason = v["refused"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("32 wide") && reason.contains("16 wide"),
+        "{reason}"
+    );
+
+    let o = run(&[
+        "txt2img",
+        "--model",
+        MODEL,
+        "--embeddings-dir",
+        "/no/such/dir",
+        "-p",
+        "x",
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("/no/such/dir"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

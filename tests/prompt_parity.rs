@@ -8,43 +8,15 @@
 //! Bar: as every parity test, images mean |diff| <= 1 and max <= 8 levels, final latents within 2e-3 of
 //! diffusers'. And the syntax must matter: read plainly, the weighted cases miss their references.
 
-use sd_onnx::pipeline::{BatchSeeds, Pipeline, Request};
+use sd_onnx::pipeline::{Pipeline, Request};
 use sd_onnx::profile::ModelProfile;
-use sd_onnx::prompt::{Emphasis, PromptSyntax, TextOptions};
-use sd_onnx::rng::RngKind;
-use sd_onnx::schedulers::SchedulerKind;
+use sd_onnx::prompt::{PromptSyntax, TextOptions};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{compare, copy_dir, load_cases, runtime};
-
-fn request(case: &Value) -> Request {
-    Request {
-        prompt: case["prompt"].as_str().unwrap().into(),
-        negative_prompt: case["negative_prompt"].as_str().map(String::from),
-        steps: case["steps"].as_u64().unwrap() as usize,
-        guidance: case["guidance"].as_f64().unwrap() as f32,
-        guidance_rescale: 0.0,
-        scheduler: SchedulerKind::from_name(case["scheduler"].as_str().unwrap()).unwrap(),
-        schedule: None,
-        seed: case["seed"].as_u64().unwrap(),
-        seeds: BatchSeeds::Shared,
-        rng: RngKind::parse(case["rng"].as_str().unwrap()).unwrap(),
-        width: case["width"].as_u64().unwrap() as usize,
-        height: case["height"].as_u64().unwrap() as usize,
-        batch: 1,
-        batch_count: 1,
-        init: None,
-        text: TextOptions {
-            syntax: PromptSyntax::parse(case["prompt_syntax"].as_str().unwrap()).unwrap(),
-            emphasis: Emphasis::parse(case["emphasis"].as_str().unwrap()).unwrap(),
-            clip_skip: case["clip_skip"].as_u64().unwrap() as usize,
-        },
-        prompt_embeds: None,
-    }
-}
+use common::{case_request, compare, copy_dir, load_cases, runtime};
 
 /// The bundled tiny SD folder with its tokenizer padding with "!" (id 0), as SD 2.x's does.
 fn sd2_style(tmp: &Path) -> PathBuf {
@@ -87,7 +59,7 @@ fn a1111_prompts_match_the_python_port_on_diffusers() {
         let pipe = pipes.entry(dir.clone()).or_insert_with(|| {
             Pipeline::load(&runtime, ModelProfile::load(&dir).unwrap()).unwrap()
         });
-        let req = request(case);
+        let req = case_request(case);
         let out = pipe.generate(&req, &mut |_| {}).unwrap();
         assert!(
             out.warnings.iter().all(|w| !w.contains("cut")),

@@ -30,6 +30,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Print the token ids (77 per chunk) and weights the text encoder will receive.
     Tokenize(TokenizeArgs),
+    /// List the textual-inversion embeddings a folder holds for a model: what loads, and what does not and why.
+    Embeddings(EmbeddingsArgs),
     /// List the schedulers and their diffusers classes.
     Schedulers,
     /// Time session creation, text encoding, UNet and scheduler per step, VAE decode, end to end, peak RSS.
@@ -185,6 +187,10 @@ pub struct Txt2ImgArgs {
     /// Exported ONNX pipeline folder (diffusers convert script or optimum layout).
     #[arg(short, long, value_name = "DIR", help_heading = MODEL)]
     pub model: PathBuf,
+    /// Textual-inversion embeddings (A1111's flag): every .pt, .bin and .safetensors file in DIR, triggered in
+    /// prompts by its file name without the extension (`sd-onnx embeddings` lists what loads).
+    #[arg(long, value_name = "DIR", help_heading = MODEL)]
+    pub embeddings_dir: Option<PathBuf>,
     /// Create each graph's session only while it is needed (lower peak memory, slower).
     #[arg(long, help_heading = MODEL)]
     pub low_memory: bool,
@@ -248,6 +254,19 @@ pub struct InspectArgs {
     pub json: bool,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct EmbeddingsArgs {
+    /// Exported ONNX pipeline folder (its text encoders' widths decide what fits).
+    #[arg(short, long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// The folder of embeddings (.pt, .bin, .safetensors).
+    #[arg(long, value_name = "DIR")]
+    pub embeddings_dir: PathBuf,
+    /// Machine-readable output: {"loaded": [{"name", "aliases", "vectors", "file"}], "refused": [{"file", "reason"}]}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

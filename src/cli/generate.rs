@@ -145,6 +145,22 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
         other => other,
     })?;
     let req = plan.request.clone();
+    // Embeddings are read (and refusals told) before anything is loaded.
+    let embeddings = match &a.embeddings_dir {
+        None => Vec::new(),
+        Some(dir) => {
+            let widths = sd_onnx::graphs::text_widths(&profile)?;
+            let (loaded, refused) = sd_onnx::embeddings::load_dir(dir, &widths)?;
+            for r in refused {
+                eprintln!(
+                    "warning: --embeddings-dir: {}: {}",
+                    r.file.display(),
+                    r.reason
+                );
+            }
+            loaded
+        }
+    };
     // Every file name, decided and checked before the run: nothing is clobbered, no run is wasted.
     let slots: Vec<ImageSlot> = (0..req.batch_count)
         .flat_map(|b| {
@@ -197,6 +213,9 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
         .map(|s| infotext::for_image(&req, &profile, s.seed, s.pos, Some(&model_hash)))
         .collect();
     let mut pipeline = Pipeline::with_memory(&runtime, profile, memory)?;
+    if !embeddings.is_empty() {
+        pipeline.set_embeddings(&embeddings)?;
+    }
     let session_creation = t_sessions.elapsed();
     if a.seed.and_then(|s| s.0).is_none() {
         say(&ui, format!("seed: {}", req.seed));

@@ -61,6 +61,7 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         Command::Inspect(a) => inspect::inspect(a),
         Command::Tokenize(a) => tokenize(a),
+        Command::Embeddings(a) => embeddings(a),
         Command::Bench(a) => bench::bench(a),
         Command::Schedulers => {
             schedulers();
@@ -157,6 +158,57 @@ fn load_runtime(
     Runtime::load_with(a.ort_lib.as_deref(), config)
 }
 
+fn embeddings(a: args::EmbeddingsArgs) -> Result<()> {
+    let profile = ModelProfile::load(&a.model)?;
+    let widths = sd_onnx::graphs::text_widths(&profile)?;
+    let (loaded, refused) = sd_onnx::embeddings::load_dir(&a.embeddings_dir, &widths)?;
+    if a.json {
+        let loaded: Vec<_> = loaded
+            .iter()
+            .map(|e| {
+                serde_json::json!({"name": e.name, "aliases": e.aliases, "vectors": e.len(),
+                                   "file": e.file.display().to_string()})
+            })
+            .collect();
+        let refused: Vec<_> = refused
+            .iter()
+            .map(|r| serde_json::json!({"file": r.file.display().to_string(), "reason": r.reason}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"loaded": loaded, "refused": refused})
+        );
+        return Ok(());
+    }
+    let widths: Vec<String> = widths.iter().map(|w| w.to_string()).collect();
+    println!(
+        "{} embedding(s) for {} (text encoder width {}):",
+        loaded.len(),
+        profile.name(),
+        widths.join(" + ")
+    );
+    for e in &loaded {
+        let also = if e.aliases.is_empty() {
+            String::new()
+        } else {
+            format!(" (also {})", e.aliases.join(", "))
+        };
+        println!(
+            "  {:<24} {:>2} vector(s)  {}{also}",
+            e.name,
+            e.len(),
+            e.file.display()
+        );
+    }
+    if !refused.is_empty() {
+        println!("not loaded:");
+        for r in &refused {
+            println!("  {}: {}", r.file.display(), r.reason);
+        }
+    }
+    Ok(())
+}
+
 fn tokenize(a: args::TokenizeArgs) -> Result<()> {
     let profile = ModelProfile::load(&a.model)?;
     let tok = ClipTokenizer::from_dir(&profile.tokenizer_dir)?;
@@ -168,7 +220,10 @@ fn tokenize(a: args::TokenizeArgs) -> Result<()> {
     })?;
     // What the text encoder receives: 77-id chunks with each id's weight (plain: one chunk, the rest cut).
     let (chunks, truncated) = match syntax {
-        PromptSyntax::A1111 => (sd_onnx::prompt::chunks(&tok, &a.text)?, None),
+        PromptSyntax::A1111 => (
+            sd_onnx::prompt::chunks(&tok, &a.text, &Default::default())?,
+            None,
+        ),
         PromptSyntax::Plain => {
             let enc = tok.encode(&a.text)?;
             let weights = vec![1.0; enc.ids.len()];

@@ -8,7 +8,7 @@ mod text_encoder;
 mod unet;
 mod vae;
 
-pub use text_encoder::{Layer, TextEncoder};
+pub use text_encoder::{Layer, TextEncoder, text_widths};
 pub use unet::{TimestepInput, Unet};
 pub use vae::{EncoderOutput, VaeDecoder, VaeEncoder};
 

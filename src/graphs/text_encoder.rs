@@ -26,7 +26,13 @@ pub struct TextEncoder {
     pub graph: Graph,
     /// The layer this session was opened for.
     pub layer: Layer,
+    /// With textual-inversion rows appended to its token table: the first of their ids.
+    pub embedding_ids_from: Option<i64>,
 }
+
+/// The graph input an edited encoder's token-embedding lookup reads (ids that may index appended rows), while
+/// `input_ids` keeps feeding everything else (CLIP's pooled output takes the position of the largest id).
+const TI_IDS: &str = "sd_onnx.ti.ids";
 
 /// The output an edited graph gives for clip skip `n` on SD.
 fn skip_output(n: usize) -> String {
@@ -46,25 +52,43 @@ impl TextEncoder {
         Ok(TextEncoder {
             graph,
             layer: Layer::Sd(1),
+            embedding_ids_from: None,
         })
     }
 
     /// Open the graph so that it gives `layer`: as exported when it already does (`last_hidden_state`, or the
     /// `hidden_states.N` outputs optimum adds for SDXL), else edited in memory to expose it.
-    pub fn load_layer(runtime: &Runtime, c: &Component, layer: Layer) -> Result<Self> {
+    ///
+    /// With `rows` (textual-inversion vectors, (n, width)), the graph is edited to append them to its token
+    /// table; their ids start at the table's row count ([`TextEncoder::embedding_ids_from`]).
+    pub fn load_layer(
+        runtime: &Runtime,
+        c: &Component,
+        layer: Layer,
+        rows: Option<&Array2<f32>>,
+    ) -> Result<Self> {
         let mut spec = SessionSpec::plain(c);
-        if layer != Layer::Sd(1) {
+        if rows.is_none() && layer != Layer::Sd(1) {
             let plain = Self::load_spec(runtime, &spec)?;
             if plain.has_layer(layer) {
                 return Ok(TextEncoder { layer, ..plain });
             }
-            drop(plain);
-            let model = expose_layer(&c.graph, layer)?;
+        }
+        let mut from = None;
+        if rows.is_some() || layer != Layer::Sd(1) {
+            let mut model = Model::read(&c.graph)?;
+            if let Some(rows) = rows {
+                from = Some(append_token_rows(&mut model, rows)?);
+            }
+            if layer != Layer::Sd(1) && !has_output_for(&model, layer) {
+                expose_layer(&mut model, layer)?;
+            }
             spec.edited = Some(Arc::from(model.encode()));
-            spec.identity = format!("{layer:?}");
+            spec.identity = format!("{layer:?}+{}", rows.map_or(0, |r| r.nrows()));
         }
         let mut enc = Self::load_spec(runtime, &spec)?;
         enc.layer = layer;
+        enc.embedding_ids_from = from;
         Ok(enc)
     }
 
@@ -93,10 +117,28 @@ impl TextEncoder {
         }
     }
 
-    fn ids_input(&self, ids: &[i64]) -> Result<DynValue> {
+    /// The graph's inputs for one chunk: `input_ids`, and for an encoder with appended embedding rows the
+    /// lookup's own ids, `input_ids` then holding 0 where an embedding's vectors go (as A1111 feeds it).
+    fn inputs(&self, ids: &[i64]) -> Result<Vec<(std::borrow::Cow<'static, str>, DynValue)>> {
+        match self.embedding_ids_from {
+            None => Ok(vec![(
+                "input_ids".into(),
+                self.ids_input("input_ids", ids)?,
+            )]),
+            Some(from) => {
+                let plain: Vec<i64> = ids.iter().map(|&i| if i >= from { 0 } else { i }).collect();
+                Ok(vec![
+                    ("input_ids".into(), self.ids_input("input_ids", &plain)?),
+                    (TI_IDS.into(), self.ids_input(TI_IDS, ids)?),
+                ])
+            }
+        }
+    }
+
+    fn ids_input(&self, name: &str, ids: &[i64]) -> Result<DynValue> {
         let shape = vec![1i64, ids.len() as i64];
-        let port = self.graph.input("input_ids")?;
-        let ctx = format!("{}: input `input_ids`", self.graph.path.display());
+        let port = self.graph.input(name)?;
+        let ctx = format!("{}: input `{name}`", self.graph.path.display());
         match port.dtype {
             Some(TensorElementType::Int32) => {
                 let v: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
@@ -110,7 +152,7 @@ impl TextEncoder {
             other => Err(Error::model(
                 &self.graph.path,
                 format!(
-                    "input `input_ids` is {}, expected int32 or int64",
+                    "input `{name}` is {}, expected int32 or int64",
                     other.map(dtype_name).unwrap_or("?")
                 ),
             )),
@@ -136,7 +178,7 @@ impl TextEncoder {
     /// SD 1.x/2.x conditioning with A1111's clip skip `n` (the session must have been opened for it with
     /// [`TextEncoder::load_layer`]).
     pub fn encode_skip(&mut self, ids: &[i64], n: usize) -> Result<Array3<f32>> {
-        let value = self.ids_input(ids)?;
+        let inputs = self.inputs(ids)?;
         let out = if n <= 1 {
             self.graph.output_name("last_hidden_state")?
         } else if self.has_layer(Layer::Sd(n)) {
@@ -147,7 +189,7 @@ impl TextEncoder {
                 self.graph.path.display()
             )));
         };
-        let result = self.graph.run(vec![("input_ids".into(), value)], &out)?;
+        let result = self.graph.run(inputs, &out)?;
         self.array3(&out, result)
     }
 
@@ -180,11 +222,8 @@ impl TextEncoder {
         if pooled {
             names.push("text_embeds");
         }
-        let value = self.ids_input(ids)?;
-        let mut outs = self
-            .graph
-            .run_outputs(vec![("input_ids".into(), value)], &names)?
-            .into_iter();
+        let inputs = self.inputs(ids)?;
+        let mut outs = self.graph.run_outputs(inputs, &names)?.into_iter();
         let states = outs
             .next()
             .ok_or_else(|| Error::model(&self.graph.path, format!("no output `{hidden}`")))?;
@@ -204,6 +243,40 @@ impl TextEncoder {
         };
         Ok((states, pooled))
     }
+}
+
+/// Each text encoder's width (one, or SDXL's two): `hidden_size` from its config, else its token table's
+/// width read from the graph.
+pub fn text_widths(profile: &crate::profile::ModelProfile) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for i in 0..2 {
+        let Some(c) = profile.text_encoder_component(i) else {
+            break;
+        };
+        let from_config = c
+            .config
+            .as_ref()
+            .and_then(|v| v["hidden_size"].as_u64())
+            .map(|w| w as usize);
+        let w = match from_config {
+            Some(w) => w,
+            None => {
+                let model = Model::read(&c.graph)?;
+                model
+                    .graph()
+                    .initializer
+                    .iter()
+                    .filter(|t| t.dims.len() == 2)
+                    .max_by_key(|t| t.dims[0])
+                    .map(|t| t.dims[1] as usize)
+                    .ok_or_else(|| {
+                        Error::model(&c.graph, "has no token table to read its width from")
+                    })?
+            }
+        };
+        out.push(w);
+    }
+    Ok(out)
 }
 
 /// Each encoder layer's output tensor, in order, found by the module paths torch's exporter gives node names
@@ -240,11 +313,11 @@ fn layer_outputs(model: &Model) -> Result<Vec<String>> {
     Ok(last.into_iter().flatten().collect())
 }
 
-/// `path` edited to give `layer`: SD's clip skip N as the output [`skip_output`] (layer L - N's output through
+/// The model edited to give `layer`: SD's clip skip N as the output [`skip_output`] (layer L - N's output through
 /// a copy of the final layer norm, which is replayed from the last layer's output); SDXL's as `hidden_states.K`.
-fn expose_layer(path: &std::path::Path, layer: Layer) -> Result<Model> {
-    let mut model = Model::read(path)?;
-    let layers = layer_outputs(&model)?;
+fn expose_layer(model: &mut Model, layer: Layer) -> Result<()> {
+    let path = model.path.clone();
+    let layers = layer_outputs(model)?;
     let count = layers.len();
     let (Layer::Sd(n) | Layer::Xl(n)) = layer;
     // SD: hidden_states[-n] (n = 1 the last layer); SDXL: hidden_states[-(n + 1)].
@@ -281,5 +354,149 @@ fn expose_layer(path: &std::path::Path, layer: Layer) -> Result<Model> {
             )?;
         }
     }
-    Ok(model)
+    Ok(())
+}
+
+/// Whether the graph already outputs what `layer` needs (optimum's SDXL exports have every `hidden_states.N`).
+fn has_output_for(model: &Model, layer: Layer) -> bool {
+    let outputs: Vec<&str> = model
+        .graph()
+        .output
+        .iter()
+        .filter_map(|o| o.name.as_deref())
+        .collect();
+    match layer {
+        Layer::Sd(1) => true,
+        Layer::Sd(n) => outputs.contains(&skip_output(n).as_str()),
+        Layer::Xl(n) => outputs
+            .iter()
+            .filter_map(|o| o.strip_prefix("hidden_states.")?.parse::<usize>().ok())
+            .max()
+            .and_then(|last| last.checked_sub(n))
+            .is_some_and(|i| outputs.contains(&format!("hidden_states.{i}").as_str())),
+    }
+}
+
+/// Append `rows` to the token-embedding table: the `Gather` whose table is a 2-D initializer and whose indices
+/// come from `input_ids` now reads `Concat(table, rows)` at the ids of [`TI_IDS`], a new input of
+/// `input_ids`' type (`input_ids` itself still feeds the rest: CLIP's pooled output picks the position of its
+/// largest id, the end token, which an appended id would outrank). Returns the first appended id. The rows
+/// take the table's element type; the table stays where it is (external data included).
+fn append_token_rows(model: &mut Model, rows: &Array2<f32>) -> Result<i64> {
+    use crate::onnx_edit::pb;
+    let path = model.path.clone();
+    let g = model.graph();
+    let ids_info = g
+        .input
+        .iter()
+        .find(|i| i.name.as_deref() == Some("input_ids"))
+        .cloned()
+        .ok_or_else(|| Error::model(&path, "has no `input_ids` input"))?;
+    let tables: std::collections::HashMap<&str, &pb::TensorProto> = g
+        .initializer
+        .iter()
+        .filter(|t| t.dims.len() == 2)
+        .filter_map(|t| Some((t.name.as_deref()?, t)))
+        .collect();
+    // Whether `tensor` is `input_ids` or made from it by a short chain of one-input nodes (Cast, Reshape).
+    let from_ids = |tensor: &str| {
+        let mut t = tensor.to_string();
+        for _ in 0..4 {
+            if t == "input_ids" {
+                return true;
+            }
+            match model.producer(&t).and_then(|n| n.input.first()) {
+                Some(next) => t = next.clone(),
+                None => return false,
+            }
+        }
+        false
+    };
+    let (gather, table) = g
+        .node
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| {
+            let table = n.input.first().and_then(|t| tables.get(t.as_str()))?;
+            (n.op_type.as_deref() == Some("Gather") && n.input.get(1).is_some_and(|x| from_ids(x)))
+                .then_some((i, *table))
+        })
+        .ok_or_else(|| {
+            Error::model(
+                &path,
+                "has no token-embedding lookup (a Gather of a 2-D initializer by input_ids) to add embeddings to",
+            )
+        })?;
+    let (vocab, width) = (table.dims[0], table.dims[1]);
+    if width != rows.ncols() as i64 {
+        return Err(Error::model(
+            &path,
+            format!(
+                "its token table is {width} wide; the embeddings are {} wide",
+                rows.ncols()
+            ),
+        ));
+    }
+    let elem = table.data_type.unwrap_or(1);
+    let raw: Vec<u8> = match elem {
+        1 => rows.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        10 => rows
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        16 => rows
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+            .collect(),
+        other => {
+            return Err(Error::model(
+                &path,
+                format!(
+                    "its token table has ONNX element type {other}, not float, float16 or bfloat16"
+                ),
+            ));
+        }
+    };
+    let table_name = table.name.clone().unwrap_or_default();
+    let indices = g.node[gather].input[1].clone();
+    let rows_name = "sd_onnx.ti.rows".to_string();
+    let joined = "sd_onnx.ti.table".to_string();
+    // The lookup's indices from the new input: the same chain of nodes, replayed, ahead of everything.
+    let before = model.graph().node.len();
+    let new_indices = if indices == "input_ids" {
+        TI_IDS.to_string()
+    } else {
+        model.replay("input_ids", TI_IDS, &indices, ".ti")?
+    };
+    let g = model.graph_mut();
+    let replayed: Vec<pb::NodeProto> = g.node.drain(before..).collect();
+    let mut front = vec![pb::NodeProto {
+        input: vec![table_name, rows_name.clone()],
+        output: vec![joined.clone()],
+        name: Some("sd_onnx/ti/concat".into()),
+        op_type: Some("Concat".into()),
+        attribute: vec![pb::AttributeProto {
+            name: Some("axis".into()),
+            i: Some(0),
+            r#type: Some(pb::attribute_proto::AttributeType::Int as i32),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }];
+    front.extend(replayed);
+    let gather = gather + front.len();
+    g.node.splice(0..0, front);
+    g.node[gather].input[0] = joined;
+    g.node[gather].input[1] = new_indices;
+    g.initializer.push(pb::TensorProto {
+        dims: vec![rows.nrows() as i64, width],
+        data_type: Some(elem),
+        name: Some(rows_name),
+        raw_data: Some(raw.into()),
+        ..Default::default()
+    });
+    let mut info = ids_info;
+    info.name = Some(TI_IDS.into());
+    g.input.push(info);
+    Ok(vocab)
 }

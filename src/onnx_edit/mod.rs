@@ -60,7 +60,8 @@ impl Model {
         self.proto.graph.as_ref().unwrap_or_else(|| unreachable!())
     }
 
-    fn graph_mut(&mut self) -> &mut pb::GraphProto {
+    /// The main graph, to edit.
+    pub fn graph_mut(&mut self) -> &mut pb::GraphProto {
         self.proto.graph.get_or_insert_with(Default::default)
     }
 

@@ -13,7 +13,7 @@ use crate::pipeline::limits;
 use crate::pipeline::sessions::Sessions;
 use crate::profile::ModelProfile;
 use crate::prompt::chunk::Chunk;
-use crate::prompt::{self, PromptSyntax, TextOptions};
+use crate::prompt::{self, PromptSyntax, TextOptions, Triggers};
 use crate::tokenizer::ClipTokenizer;
 use ndarray::{Array2, Array3, Axis, concatenate};
 
@@ -43,10 +43,11 @@ pub(crate) struct Conditioning {
     pub extras: Vec<(&'static str, Array2<f32>)>,
 }
 
-/// The tokenizers of a model (SDXL has two).
+/// The tokenizers of a model (SDXL has two), and the textual-inversion triggers in each one's ids.
 pub(crate) struct Tokenizers {
     pub first: ClipTokenizer,
     pub second: Option<ClipTokenizer>,
+    pub triggers: [Triggers; 2],
 }
 
 impl Tokenizers {
@@ -61,7 +62,11 @@ impl Tokenizers {
             }
             None => None,
         };
-        Ok(Tokenizers { first, second })
+        Ok(Tokenizers {
+            first,
+            second,
+            triggers: Default::default(),
+        })
     }
 }
 
@@ -124,29 +129,22 @@ fn embed(
         })?),
     };
     // Per chunk: the first tokenizer's ids and weights, and the second's (SDXL).
+    let [triggers, triggers_2] = &tokenizers.triggers;
     let (first, second): (Vec<Chunk>, Vec<Chunk>) = match opts.syntax {
         PromptSyntax::Plain => {
-            let plain = |tok: &ClipTokenizer, warnings: &mut Vec<String>| -> Result<Chunk> {
-                let enc = tok.encode(text)?;
-                if let Some(cut) = enc.truncated {
-                    warnings.push(truncation_warning(&cut));
-                }
-                let weights = vec![1.0; enc.ids.len()];
-                Ok(Chunk {
-                    ids: enc.ids,
-                    weights,
-                })
-            };
-            let first = plain(&tokenizers.first, warnings)?;
+            let (first, cut) = prompt::plain_chunk(&tokenizers.first, text, triggers)?;
+            if !cut.is_empty() {
+                warnings.push(truncation_warning(&tokenizers.first.decode(&cut)));
+            }
             // The second tokenizer cuts the same text: not warned about twice.
             let second = match second_tok {
-                Some(t) => vec![plain(t, &mut Vec::new())?],
+                Some(t) => vec![prompt::plain_chunk(t, text, triggers_2)?.0],
                 None => Vec::new(),
             };
             (vec![first], second)
         }
         PromptSyntax::A1111 => {
-            let first = prompt::chunks(&tokenizers.first, text)?;
+            let first = prompt::chunks(&tokenizers.first, text, triggers)?;
             if first.len() > limits::MAX_PROMPT_CHUNKS {
                 return Err(Error::Invalid {
                     field: "prompt",
@@ -159,7 +157,7 @@ fn embed(
                 });
             }
             let second = match second_tok {
-                Some(t) => prompt::chunks(t, text)?,
+                Some(t) => prompt::chunks(t, text, triggers_2)?,
                 None => Vec::new(),
             };
             (first, second)

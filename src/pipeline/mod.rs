@@ -179,6 +179,70 @@ impl Pipeline {
         self.interrupt.clone()
     }
 
+    /// Use these textual-inversion embeddings from now on (replacing any set before; an empty list removes
+    /// them): each one's name and aliases trigger it in prompts. The text encoders are reopened with the vectors
+    /// appended to their token tables. Embeddings must have one set of vectors per text encoder, of its width
+    /// ([`crate::embeddings::load_dir`] checks that when reading a folder).
+    pub fn set_embeddings(&mut self, embeddings: &[crate::embeddings::Embedding]) -> Result<()> {
+        let encoders = 1 + usize::from(self.profile.xl.is_some());
+        let widths = crate::graphs::text_widths(&self.profile)?;
+        let tokenizers = [
+            Some(&self.tokenizers.first),
+            self.tokenizers.second.as_ref(),
+        ];
+        let mut rows: [Option<(Arc<ndarray::Array2<f32>>, i64)>; 2] = [None, None];
+        let mut triggers: [crate::prompt::Triggers; 2] = Default::default();
+        for e in 0..encoders {
+            let Some(tok) = tokenizers[e] else { continue };
+            // The appended rows' ids start at the table's size (vocab_size, else what the tokenizer produces).
+            let first = self
+                .profile
+                .text_encoder_config(e)
+                .and_then(|c| c["vocab_size"].as_i64())
+                .unwrap_or(tok.max_id() + 1);
+            let mut words: Vec<(String, Vec<i64>)> = Vec::new();
+            let mut vectors: Vec<ndarray::ArrayView2<f32>> = Vec::new();
+            let mut next = first;
+            for emb in embeddings {
+                let v = emb.vectors.get(e).filter(|_| emb.vectors.len() == encoders);
+                let v = v.ok_or_else(|| crate::Error::Invalid {
+                    field: "embeddings",
+                    msg: format!(
+                        "{}: has {} set(s) of vectors; this model has {encoders} text encoder(s)",
+                        emb.file.display(),
+                        emb.vectors.len()
+                    ),
+                })?;
+                if v.ncols() != widths[e] || v.nrows() == 0 {
+                    return Err(crate::Error::Invalid {
+                        field: "embeddings",
+                        msg: format!(
+                            "{}: its vectors are {} wide; this model's text encoder is {} wide",
+                            emb.file.display(),
+                            v.ncols(),
+                            widths[e]
+                        ),
+                    });
+                }
+                let ids: Vec<i64> = (next..next + v.nrows() as i64).collect();
+                next += v.nrows() as i64;
+                for word in std::iter::once(&emb.name).chain(&emb.aliases) {
+                    words.push((word.clone(), ids.clone()));
+                }
+                vectors.push(v.view());
+            }
+            if !vectors.is_empty() {
+                let joined = ndarray::concatenate(ndarray::Axis(0), &vectors)
+                    .map_err(|e| crate::Error::Usage(format!("embeddings: {e}")))?;
+                rows[e] = Some((Arc::new(joined), first));
+            }
+            triggers[e] = crate::prompt::Triggers::new(tok, &words)?;
+        }
+        self.tokenizers.triggers = triggers;
+        self.sessions.set_token_rows(rows);
+        Ok(())
+    }
+
     /// diffusers' `encode_prompt`: the embeddings a run at this guidance scale would use, read as `text` says
     /// (syntax, emphasis, clip skip), to inspect, change or pass back as [`Request::prompt_embeds`]. Warnings
     /// (a truncated plain prompt) are appended to `warnings`.

@@ -6,6 +6,21 @@ use crate::error::{Error, Result};
 use crate::graphs::{EncoderOutput, Layer, TextEncoder, Unet, VaeDecoder, VaeEncoder};
 use crate::profile::ModelProfile;
 use crate::runtime::Runtime;
+use ndarray::Array2;
+use std::sync::Arc;
+
+/// The embeddings' ids were counted from the table size the folder states; the graph's table must agree.
+fn check_ids(enc: &TextEncoder, rows: Option<&(Arc<Array2<f32>>, i64)>) -> Result<()> {
+    match (rows, enc.embedding_ids_from) {
+        (Some((_, want)), Some(got)) if got != *want => Err(Error::model(
+            &enc.graph.path,
+            format!(
+                "its token table has {got} rows, but the folder's config (vocab_size) or tokenizer says {want}"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// When graphs are loaded and dropped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,6 +78,9 @@ pub(crate) struct Sessions {
     memory: MemoryMode,
     text_encoder: Slot<TextEncoder>,
     text_encoder_2: Slot<TextEncoder>,
+    /// Textual-inversion vectors appended to each text encoder's token table (`Pipeline::set_embeddings`).
+    /// (rows, the id the first row must get: the table's row count).
+    token_rows: [Option<(Arc<Array2<f32>>, i64)>; 2],
     unet: Slot<Unet>,
     vae_decoder: Slot<VaeDecoder>,
     vae_encoder: Slot<VaeEncoder>,
@@ -76,6 +94,7 @@ impl Sessions {
             memory,
             text_encoder: Slot::empty(),
             text_encoder_2: Slot::empty(),
+            token_rows: [None, None],
             unet: Slot::empty(),
             vae_decoder: Slot::empty(),
             vae_encoder: Slot::empty(),
@@ -111,8 +130,17 @@ impl Sessions {
     ) -> Result<&mut TextEncoder> {
         let rt = &self.runtime;
         self.text_encoder.retain(|t| t.has_layer(layer));
-        self.text_encoder
-            .get_or(|| TextEncoder::load_layer(rt, &profile.text_encoder, layer))
+        let rows = self.token_rows[0].clone();
+        self.text_encoder.get_or(|| {
+            let enc = TextEncoder::load_layer(
+                rt,
+                &profile.text_encoder,
+                layer,
+                rows.as_ref().map(|r| &*r.0),
+            )?;
+            check_ids(&enc, rows.as_ref())?;
+            Ok(enc)
+        })
     }
 
     pub(crate) fn text_encoder_2(
@@ -122,6 +150,7 @@ impl Sessions {
     ) -> Result<&mut TextEncoder> {
         let rt = &self.runtime;
         self.text_encoder_2.retain(|t| t.has_layer(layer));
+        let rows = self.token_rows[1].clone();
         self.text_encoder_2.get_or(|| {
             let c = profile
                 .xl
@@ -130,7 +159,9 @@ impl Sessions {
                 .ok_or_else(|| {
                     Error::model(&profile.dir, "has no text_encoder_2 (not an SDXL folder)")
                 })?;
-            TextEncoder::load_layer(rt, c, layer)
+            let enc = TextEncoder::load_layer(rt, c, layer, rows.as_ref().map(|r| &*r.0))?;
+            check_ids(&enc, rows.as_ref())?;
+            Ok(enc)
         })
     }
 
@@ -162,6 +193,13 @@ impl Sessions {
         })?;
         self.encoder_output = Some(encoder.output);
         Ok(encoder)
+    }
+
+    /// Append these rows to the text encoders' token tables from now on (the sessions are reopened).
+    pub(crate) fn set_token_rows(&mut self, rows: [Option<(Arc<Array2<f32>>, i64)>; 2]) {
+        self.token_rows = rows;
+        self.text_encoder.clear();
+        self.text_encoder_2.clear();
     }
 
     /// What the VAE encoder returns (known once it has been loaded).

@@ -149,18 +149,97 @@ pub fn specials(tok: &ClipTokenizer) -> Specials {
     }
 }
 
+/// The words that trigger textual-inversion embeddings, as token ids of one tokenizer, and the ids their
+/// vectors take (A1111's `EmbeddingDatabase`: a trigger is found by its token ids in the prompt's, longest first).
+#[derive(Clone, Debug, Default)]
+pub struct Triggers {
+    /// First token id -> the triggers starting with it, longest first.
+    by_first: std::collections::HashMap<i64, Vec<Trigger>>,
+}
+
+/// (the trigger word's token ids, the ids of the embedding's vectors).
+type Trigger = (Vec<i64>, Vec<i64>);
+
+impl Triggers {
+    /// `words`: each trigger word and the ids of its vectors.
+    pub fn new(tok: &ClipTokenizer, words: &[(String, Vec<i64>)]) -> Result<Self> {
+        let mut t = Triggers::default();
+        for (word, vector_ids) in words {
+            let ids = tok.tokens(word)?;
+            let Some(&first) = ids.first() else { continue };
+            let list = t.by_first.entry(first).or_default();
+            list.push((ids, vector_ids.clone()));
+            list.sort_by_key(|(ids, _)| std::cmp::Reverse(ids.len()));
+        }
+        Ok(t)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_first.is_empty()
+    }
+
+    /// `tokens` with every trigger replaced by its vectors.
+    pub fn items(&self, tokens: &[i64]) -> Vec<Item> {
+        let mut out = Vec::with_capacity(tokens.len());
+        let mut i = 0;
+        while i < tokens.len() {
+            let found = self
+                .by_first
+                .get(&tokens[i])
+                .and_then(|list| list.iter().find(|(ids, _)| tokens[i..].starts_with(ids)));
+            match found {
+                Some((ids, vectors)) => {
+                    out.push(Item::Vectors(vectors.clone()));
+                    i += ids.len();
+                }
+                None => {
+                    out.push(Item::Token(tokens[i]));
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+}
+
 /// `text` in A1111's chunks for `tok`: parsed, each piece tokenized on its own (as A1111 calls the tokenizer
-/// on the list of pieces), laid out 75 tokens at a time.
-pub fn chunks(tok: &ClipTokenizer, text: &str) -> Result<Vec<Chunk>> {
+/// on the list of pieces), embeddings' triggers replaced by their vectors, laid out 75 tokens at a time.
+pub fn chunks(tok: &ClipTokenizer, text: &str, triggers: &Triggers) -> Result<Vec<Chunk>> {
     let pieces = parse::parse_attention(text)?;
     let mut tokenized = Vec::with_capacity(pieces.len());
     for p in pieces {
         tokenized.push(match p {
             Piece::Break => Tokenized::Break,
-            Piece::Text(t, w) => {
-                Tokenized::Text(tok.tokens(&t)?.into_iter().map(Item::Token).collect(), w)
-            }
+            Piece::Text(t, w) => Tokenized::Text(triggers.items(&tok.tokens(&t)?), w),
         });
     }
     Ok(chunk::chunks(&tokenized, specials(tok)))
+}
+
+/// `text` read plainly, as diffusers reads it: one chunk of BOS + the first 75 ids + EOS + padding
+/// (embeddings' vectors in place of their triggers, as diffusers' `maybe_convert_prompt` expands them), and the
+/// ids cut, if any.
+pub fn plain_chunk(
+    tok: &ClipTokenizer,
+    text: &str,
+    triggers: &Triggers,
+) -> Result<(Chunk, Vec<i64>)> {
+    let ids: Vec<i64> = triggers
+        .items(&tok.tokens(text)?)
+        .into_iter()
+        .flat_map(|item| match item {
+            Item::Token(id) => vec![id],
+            Item::Vectors(v) => v,
+        })
+        .collect();
+    let keep = ids.len().min(chunk::CHUNK_TOKENS);
+    let s = specials(tok);
+    let mut out = Vec::with_capacity(chunk::CHUNK_TOKENS + 2);
+    out.push(s.bos);
+    out.extend_from_slice(&ids[..keep]);
+    out.push(s.eos);
+    out.resize(chunk::CHUNK_TOKENS + 2, s.pad);
+    let weights = vec![1.0; out.len()];
+    Ok((Chunk { ids: out, weights }, ids[keep..].to_vec()))
 }

@@ -88,3 +88,40 @@ pub fn compare(
         }
     }
 }
+
+/// A reference case's request (txt2img, one generator for the batch as diffusers' references draw it): the
+/// fields every manifest has, and the optional ones with diffusers' defaults.
+pub fn case_request(case: &Value) -> sd_onnx::pipeline::Request {
+    use sd_onnx::prompt::{Emphasis, PromptSyntax, TextOptions};
+    let num = |k: &str, d: u64| case[k].as_u64().unwrap_or(d) as usize;
+    let text = TextOptions {
+        syntax: PromptSyntax::parse(case["prompt_syntax"].as_str().unwrap_or("a1111")).unwrap(),
+        emphasis: Emphasis::parse(case["emphasis"].as_str().unwrap_or("original")).unwrap(),
+        clip_skip: num("clip_skip", 1),
+    };
+    sd_onnx::pipeline::Request {
+        prompt: case["prompt"].as_str().unwrap().into(),
+        negative_prompt: case["negative_prompt"].as_str().map(String::from),
+        steps: num("steps", 0),
+        guidance: case["guidance"].as_f64().unwrap() as f32,
+        guidance_rescale: case["guidance_rescale"].as_f64().unwrap_or(0.0) as f32,
+        scheduler: sd_onnx::schedulers::SchedulerKind::from_name(
+            case["scheduler"].as_str().unwrap(),
+        )
+        .unwrap(),
+        schedule: case["karras"]
+            .as_bool()
+            .unwrap_or(false)
+            .then_some(sd_onnx::schedulers::SigmaSpacing::Karras),
+        seed: case["seed"].as_u64().unwrap(),
+        seeds: sd_onnx::pipeline::BatchSeeds::Shared,
+        rng: sd_onnx::rng::RngKind::parse(case["rng"].as_str().unwrap_or("torch")).unwrap(),
+        width: num("width", 64),
+        height: num("height", 64),
+        batch: num("batch", 1),
+        batch_count: 1,
+        init: None,
+        text,
+        prompt_embeds: None,
+    }
+}
