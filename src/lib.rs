@@ -28,6 +28,7 @@
 pub mod bench;
 pub mod embeddings;
 pub mod error;
+pub mod ftfy;
 pub mod graphs;
 pub mod images;
 pub mod infotext;

@@ -1,9 +1,8 @@
 //! CLIP tokenization with the `tokenizers` crate, producing the ids transformers' `CLIPTokenizer` gives:
 //! `[bos] + bpe(fix_text(prompt)) + [eos]`, truncated to 77 and padded with the folder's pad token.
 //!
-//! The slow `CLIPTokenizer` that diffusers loads runs `ftfy.fix_text` before BPE; [`fix_text`] ports the
-//! parts of it that change ordinary prompts (curly quotes, ligatures, full-width forms, HTML entities,
-//! control characters). ftfy's mojibake repair is not ported.
+//! The slow `CLIPTokenizer` that diffusers loads runs `ftfy.fix_text` before BPE; [`fix_text`] runs our port
+//! of it ([`crate::ftfy`], mojibake repair included).
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -314,78 +313,15 @@ fn bytes_to_unicode() -> Vec<(u8, char)> {
         .collect()
 }
 
-/// The parts of `ftfy.fix_text` (ftfy 6, default config) that change ordinary prompts, then
-/// `whitespace_clean` and `.strip()` as transformers' `CLIPTokenizer` does. Lower-casing and NFC are left
-/// to the tokenizer's normalizer.
+/// What transformers' `CLIPTokenizer` does to text before BPE: `whitespace_clean(ftfy.fix_text(text))` (runs of
+/// Python's whitespace to one space, stripped). Lower-casing is
+/// left to the tokenizer's normalizer.
 pub fn fix_text(text: &str) -> String {
-    let text = if text.contains('<') {
-        text.to_string()
-    } else {
-        unescape_html(text)
-    };
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\u{2018}'..='\u{201b}' | '\u{02bc}' => out.push('\''),
-            '\u{201c}'..='\u{201f}' => out.push('"'),
-            '\u{fb00}' => out.push_str("ff"),
-            '\u{fb01}' => out.push_str("fi"),
-            '\u{fb02}' => out.push_str("fl"),
-            '\u{fb03}' => out.push_str("ffi"),
-            '\u{fb04}' => out.push_str("ffl"),
-            '\u{fb05}' | '\u{fb06}' => out.push_str("st"),
-            '\u{0132}' => out.push_str("IJ"),
-            '\u{0133}' => out.push_str("ij"),
-            '\u{ff01}'..='\u{ff5e}' => out.push(char::from_u32(c as u32 - 0xfee0).unwrap_or(c)),
-            '\u{3000}' => out.push(' '),
-            '\r' | '\u{2028}' | '\u{2029}' | '\u{0085}' => out.push('\n'),
-            '\u{0000}'..='\u{0008}' | '\u{000b}' | '\u{000e}'..='\u{001f}' | '\u{007f}' => {}
-            '\u{206a}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffc}' => {}
-            _ => out.push(c),
-        }
-    }
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn unescape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find('&') {
-        out.push_str(&rest[..pos]);
-        rest = &rest[pos..];
-        let end = rest.find(';').filter(|&e| e <= 10);
-        let decoded = end.and_then(|e| {
-            let name = &rest[1..e];
-            let c = match name {
-                "amp" | "AMP" => Some('&'),
-                "lt" | "LT" => Some('<'),
-                "gt" | "GT" => Some('>'),
-                "quot" | "QUOT" => Some('"'),
-                "apos" => Some('\''),
-                "nbsp" => Some('\u{a0}'),
-                _ => name.strip_prefix('#').and_then(|n| {
-                    let v = match n.strip_prefix(['x', 'X']) {
-                        Some(h) => u32::from_str_radix(h, 16).ok(),
-                        None => n.parse().ok(),
-                    };
-                    v.and_then(char::from_u32)
-                }),
-            };
-            c.map(|c| (c, e))
-        });
-        match decoded {
-            Some((c, e)) => {
-                out.push(c);
-                rest = &rest[e + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+    crate::ftfy::fix_text(text)
+        .split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

@@ -106,3 +106,50 @@ fn added_tokens_split_first_without_tokenizer_json() {
         assert_eq!(&ids[..want.len()], want, "{text:?}");
     }
 }
+
+/// Differential fuzz (scripts/make_tokenizer_fuzz.py): 3,000 seeded prompts of punctuation, emoji, CJK, accents,
+/// width forms, ligatures, quotes, HTML entities, control characters, whitespace runs, mojibake and very long
+/// text, against transformers' slow `CLIPTokenizer` with ftfy, on both tokenizer paths (vocab.json +
+/// merges.txt, and tokenizer.json). Every prompt must match, the 1,107 that ftfy's mojibake repair changes
+/// (flagged `mojibake` in the corpus) included.
+#[test]
+fn fuzzed_prompts_match_transformers_on_both_paths() {
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/tokenizer_fuzz.json").unwrap(),
+    )
+    .unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    assert!(cases.len() >= 3000);
+    for layout in [
+        "onnx/sd-tiny-optimum/tokenizer",
+        "tests/fixtures/tokenizer-json",
+    ] {
+        let tok = ClipTokenizer::from_dir(Path::new(layout)).unwrap();
+        let mut bad = Vec::new();
+        for case in cases {
+            let text = case["text"].as_str().unwrap();
+            let want: Vec<i64> = case["ids"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .map(|v| v.parse().unwrap())
+                .collect();
+            let got = tok.encode(text).unwrap().ids;
+            if got[..want.len()] != want[..] {
+                let at = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
+                bad.push(format!(
+                    "{text:?}\n  at {at}: got {:?} want {:?}",
+                    &got[at..(at + 4).min(77)],
+                    &want[at..(at + 4).min(want.len())]
+                ));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{layout}: {} of {} prompts differ:\n{}",
+            bad.len(),
+            cases.len(),
+            bad.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
+        );
+    }
+}

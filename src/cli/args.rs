@@ -46,6 +46,13 @@ pub struct BenchArgs {
     /// Denoising steps per run.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
+    /// The prompt of the timed runs (A1111 syntax: a long one takes several 75-token chunks).
+    #[arg(
+        short,
+        long,
+        default_value = "a photograph of an astronaut riding a horse"
+    )]
+    pub prompt: String,
     /// Width in pixels (default: the model's).
     #[arg(short = 'W', long)]
     pub width: Option<usize>,

@@ -21,7 +21,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     };
     let (dw, dh) = profile.default_size();
     let req = Request {
-        prompt: "a photograph of an astronaut riding a horse".into(),
+        prompt: a.prompt.clone(),
         negative_prompt: None,
         steps: a.steps,
         guidance: a.guidance,
@@ -90,6 +90,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let share =
         |d: std::time::Duration| 100.0 * d.as_secs_f64() / unet_med.as_secs_f64().max(1e-12);
     let rss = peak_rss_bytes();
+    let chunks = sd_onnx::prompt::chunks(pipeline.tokenizer(), &req.prompt, &Default::default())
+        .map_or(0, |c| c.len());
     let capture_text = capture.to_string();
     let report = serde_json::json!({
         "model": a.model, "scheduler": scheduler.name(), "rng": req.rng.name(), "steps": a.steps, "size": [req.width, req.height],
@@ -97,6 +99,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "session_creation_ms": ms(session_creation),
         "first_load_ms": ms(first_image),
         "text_encoding_ms": ms(median(&text)),
+        "prompt_chunks": chunks,
+        "text_encoding_share_of_run_pct": 100.0 * median(&text).as_secs_f64() / median(&total).as_secs_f64().max(1e-12),
         "unet_step_ms": {"median": ms(unet_med), "p90": ms(quantile(&unet, 0.9))},
         "unet_calls": unet.len(),
         "unet_calls_io_bound": bound_calls,
@@ -157,8 +161,10 @@ fn print_text(r: &serde_json::Value) {
         r["unet_graph_capture"].as_str().unwrap_or("")
     );
     println!(
-        "text encoding         {:>10.2} ms",
-        f(&r["text_encoding_ms"])
+        "text encoding         {:>10.2} ms ({} chunk(s) of 75 tokens; {:.2}% of a run)",
+        f(&r["text_encoding_ms"]),
+        r["prompt_chunks"],
+        f(&r["text_encoding_share_of_run_pct"])
     );
     println!(
         "UNet per step         {:>10.2} ms median, {:.2} p90",
