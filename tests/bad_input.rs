@@ -1,6 +1,7 @@
 //! Bad input as a careless user or a broken disk gives it (issue 18, first part): every case exits with the
 //! right code and one line naming the culprit, without a panic, an abort or an unbounded allocation; caches
-//! that cannot be used are warned about and bypassed, damaged entries rebuilt. Needs ORT_DYLIB_PATH.
+//! that cannot be used are warned about and bypassed, damaged entries rebuilt. Every case runs under a 1 GiB
+//! address-space limit. Needs ORT_DYLIB_PATH.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -9,8 +10,17 @@ mod common;
 
 const MODEL: &str = "onnx/sd-tiny-optimum";
 
+/// Address space every case runs in (`ulimit -v`, KiB): a whole run on the tiny models fits in well under it
+/// (measured: a 2-step txt2img succeeds at 1 GiB), so a case that allocated blindly would abort, not pass.
+const MEMORY_LIMIT_KIB: u64 = 1 << 20;
+
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sd-onnx"))
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {MEMORY_LIMIT_KIB} && exec \"$0\" \"$@\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_sd-onnx"))
         .args(args)
         .output()
         .unwrap()
@@ -560,6 +570,19 @@ fn flag_battery() {
     let mask = "tests/fixtures/images/mask-64.png";
     let t2i_cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--steps", "0"], "--steps must be at least 1"),
+        (vec!["--prompt-syntax", "bogus"], "--prompt-syntax bogus"),
+        (vec!["--emphasis", "bogus"], "--emphasis bogus"),
+        (vec!["--clip-skip", "0"], "--clip-skip must be at least 1"),
+        (vec!["--clip-skip", "-1"], "--clip-skip"),
+        (
+            vec!["--clip-skip", "3"],
+            "--clip-skip 3 is more than this text encoder's 2 layers allow",
+        ),
+        (
+            vec!["--negative-prompt", "(a:1.2.3)"],
+            "--negative-prompt `:1.2.3)`: the weight `1.2.3` is not a number",
+        ),
+        (vec!["--embeddings-dir", "/no/such/dir"], "/no/such/dir"),
         (vec!["--steps", "-3"], "--steps"),
         (vec!["--steps", "two"], "--steps"),
         (vec!["--width", "0"], "--width"),
@@ -814,6 +837,25 @@ fn flag_battery() {
             "/no/such/model",
         ),
         (vec!["tokenize", "--model", MODEL], "TEXT"),
+        (
+            vec!["tokenize", "--model", MODEL, "--prompt-syntax", "x", "a"],
+            "--prompt-syntax x",
+        ),
+        (
+            vec!["tokenize", "--model", MODEL, "a (b:1.2.3)"],
+            "the weight `1.2.3` is not a number",
+        ),
+        (vec!["embeddings", "--model", MODEL], "--embeddings-dir"),
+        (
+            vec![
+                "embeddings",
+                "--model",
+                MODEL,
+                "--embeddings-dir",
+                "/no/such/dir",
+            ],
+            "/no/such/dir",
+        ),
         (vec!["inspect"], "--model"),
         (
             vec!["inspect", "--model", "/no/such/model"],

@@ -207,6 +207,7 @@ fn model_folder_configs_never_panic() {
 
 #[test]
 fn prompts_never_panic() {
+    // The tokenizer (with ftfy's port) and A1111's parser and chunker on seeded random text.
     let tok = ClipTokenizer::from_dir(&Path::new(MODEL).join("tokenizer")).unwrap();
     let pieces = [
         "a",
@@ -237,6 +238,11 @@ fn prompts_never_panic() {
         "\"",
         "&amp;",
         "ÃƒÂ©",
+        "(x:1000)",
+        "\\(",
+        ":-0.5)",
+        "((((",
+        ",",
     ];
     let mut rng = Rng(0x5eed_0003);
     let mut failures = Vec::new();
@@ -253,6 +259,14 @@ fn prompts_never_panic() {
         failures.extend(no_panic(format!("case {case}: {prompt:?}"), || {
             if let Ok(enc) = tok.encode(&prompt) {
                 assert_eq!(enc.ids.len(), 77);
+            }
+            // A1111 syntax: every chunk 77 ids with finite weights, or a refusal.
+            if let Ok(chunks) = sd_onnx::prompt::chunks(&tok, &prompt, &Default::default()) {
+                assert!(!chunks.is_empty());
+                for c in &chunks {
+                    assert_eq!((c.ids.len(), c.weights.len()), (77, 77));
+                    assert!(c.weights.iter().all(|w| w.is_finite()));
+                }
             }
         }));
     }

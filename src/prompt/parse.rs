@@ -100,6 +100,16 @@ pub fn parse_attention(text: &str) -> Result<Vec<Piece>> {
             _ => merged.push((t, w)),
         }
     }
+    // Nested weights multiply: past f32's range the text encoder's output would be inf or NaN.
+    if let Some((t, w)) = merged
+        .iter()
+        .find(|(_, w)| *w != BREAK_WEIGHT && !(*w as f32).is_finite())
+    {
+        return Err(Error::Invalid {
+            field: "prompt",
+            msg: format!("the weights of `{t}` multiply to {w:e}, beyond what a float holds"),
+        });
+    }
     Ok(merged
         .into_iter()
         .map(|(t, w)| {
@@ -196,6 +206,13 @@ mod tests {
         // A weight outside brackets is text too.
         assert_eq!(p("a:1.5)"), vec![t("a:1.5)", 1.0)]);
         assert!(parse_attention("(a:1.2.3)").is_err());
+        let deep = format!("{}a{}", "(".repeat(20), ":1000)".repeat(20));
+        assert!(
+            parse_attention(&deep)
+                .unwrap_err()
+                .to_string()
+                .contains("beyond what a float holds")
+        );
     }
 
     #[test]
