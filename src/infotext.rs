@@ -19,7 +19,8 @@
 //! * `Batch size` / `Batch pos` for batches of more than one, as A1111 writes them.
 //! * `Clip skip` above 1, and `Emphasis` when it is not A1111's default and a prompt has brackets, as A1111
 //!   writes them; plain (diffusers') prompt syntax, which A1111 has not, is `sd-onnx prompt syntax: plain`.
-//!   The prompts are written as typed, syntax and all.
+//!   The prompts are written as typed, syntax and all; `TI hashes` names the embeddings they used, as A1111
+//!   writes it (civitai reads it).
 
 use crate::pipeline::{BatchSeeds, Request};
 use crate::profile::ModelProfile;
@@ -80,6 +81,8 @@ pub struct ImageInfo<'a> {
     /// The sigma schedule the run used (`None` for schedulers without one); see
     /// [`Request::effective_schedule`].
     pub schedule: Option<SigmaSpacing>,
+    /// A1111's `TI hashes` of the embeddings the prompts used ([`crate::model_hash::ti_hashes`]).
+    pub ti_hashes: Option<&'a str>,
 }
 
 /// The infotext of image `batch_pos` (seeded `seed`) of `req` on `profile`'s model, with the model hash if
@@ -90,6 +93,7 @@ pub fn for_image(
     seed: u64,
     batch_pos: usize,
     model_hash: Option<&str>,
+    ti_hashes: Option<&str>,
 ) -> String {
     let model = profile.name();
     write(
@@ -100,6 +104,7 @@ pub fn for_image(
             model: &model,
             model_hash,
             schedule: req.effective_schedule(profile),
+            ti_hashes,
         },
     )
 }
@@ -135,6 +140,9 @@ pub fn write(req: &Request, image: &ImageInfo) -> String {
     }
     if req.guidance_rescale > 0.0 {
         params.push(("CFG Rescale", req.guidance_rescale.to_string()));
+    }
+    if let Some(h) = image.ti_hashes {
+        params.push(("TI hashes", h.to_string()));
     }
     let bracketed = |t: &str| t.contains(['(', '[']);
     match req.text.syntax {
@@ -304,6 +312,7 @@ mod tests {
                         model: "dream, v2: fp16",
                         model_hash: Some("0123456789"),
                         schedule,
+                        ti_hashes: None,
                     };
                     let p = parse(&write(&req, &info));
                     let what = format!("{kind:?} {schedule:?} {rng:?}");
@@ -377,12 +386,14 @@ mod tests {
             model: "m",
             model_hash: None,
             schedule: None,
+            ti_hashes: Some("tiny-style: 0123456789ab, glow: ba9876543210"),
         };
         let mut req = request(SchedulerKind::Euler, None, RngKind::Torch);
         req.prompt = "a (red:1.3) cube BREAK \\(x\\)".into();
         let p = parse(&write(&req, &info));
         assert_eq!(p.prompt, req.prompt);
         assert_eq!((p.get("Clip skip"), p.get("Emphasis")), (None, None));
+        assert_eq!(p.get("TI hashes"), info.ti_hashes);
         req.text = TextOptions {
             clip_skip: 2,
             emphasis: Emphasis::NoNorm,

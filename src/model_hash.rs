@@ -43,6 +43,17 @@ fn sha256_files(paths: &[PathBuf]) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A1111's `TI hashes` value for these embeddings, (name, file) each: `name: <first 12 hex digits of the file's
+/// SHA-256>`, names without `:` and `,`, joined by `, ` (A1111's `textual_inversion_add_hashes_to_infotext`).
+pub fn ti_hashes(used: &[(String, PathBuf)]) -> Result<Option<String>> {
+    let mut parts = Vec::new();
+    for (name, file) in used {
+        let hash = sha256_files(std::slice::from_ref(file))?;
+        parts.push(format!("{}: {}", name.replace([':', ','], ""), &hash[..12]));
+    }
+    Ok((!parts.is_empty()).then(|| parts.join(", ")))
+}
+
 /// The cache entry for these files' current state, under `cache_dir/hashes`.
 fn entry(cache_dir: &Path, paths: &[PathBuf]) -> Option<PathBuf> {
     let mut key = String::new();

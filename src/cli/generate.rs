@@ -208,14 +208,24 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     };
     ui.stage("creating sessions");
     let t_sessions = Instant::now();
-    let texts: Vec<String> = slots
-        .iter()
-        .map(|s| infotext::for_image(&req, &profile, s.seed, s.pos, Some(&model_hash)))
-        .collect();
     let mut pipeline = Pipeline::with_memory(&runtime, profile, memory)?;
     if !embeddings.is_empty() {
         pipeline.set_embeddings(&embeddings)?;
     }
+    let ti_hashes = sd_onnx::model_hash::ti_hashes(&pipeline.used_embeddings(&req)?)?;
+    let texts: Vec<String> = slots
+        .iter()
+        .map(|s| {
+            infotext::for_image(
+                &req,
+                &pipeline.profile,
+                s.seed,
+                s.pos,
+                Some(&model_hash),
+                ti_hashes.as_deref(),
+            )
+        })
+        .collect();
     let session_creation = t_sessions.elapsed();
     if a.seed.and_then(|s| s.0).is_none() {
         say(&ui, format!("seed: {}", req.seed));

@@ -127,6 +127,8 @@ pub struct Pipeline {
     tokenizers: Tokenizers,
     sessions: Sessions,
     interrupt: Arc<AtomicBool>,
+    /// The embeddings set: name, file, and the ids their vectors have in the first tokenizer's chunks.
+    embeddings: Vec<(String, std::path::PathBuf, std::ops::Range<i64>)>,
 }
 
 impl Pipeline {
@@ -155,6 +157,7 @@ impl Pipeline {
             sessions,
             profile,
             interrupt: Arc::new(AtomicBool::new(false)),
+            embeddings: Vec::new(),
         })
     }
 
@@ -192,6 +195,7 @@ impl Pipeline {
         ];
         let mut rows: [Option<(Arc<ndarray::Array2<f32>>, i64)>; 2] = [None, None];
         let mut triggers: [crate::prompt::Triggers; 2] = Default::default();
+        let mut ranges = Vec::new();
         for e in 0..encoders {
             let Some(tok) = tokenizers[e] else { continue };
             // The appended rows' ids start at the table's size (vocab_size, else what the tokenizer produces).
@@ -225,6 +229,9 @@ impl Pipeline {
                     });
                 }
                 let ids: Vec<i64> = (next..next + v.nrows() as i64).collect();
+                if e == 0 {
+                    ranges.push(next..next + v.nrows() as i64);
+                }
                 next += v.nrows() as i64;
                 for word in std::iter::once(&emb.name).chain(&emb.aliases) {
                     words.push((word.clone(), ids.clone()));
@@ -240,7 +247,40 @@ impl Pipeline {
         }
         self.tokenizers.triggers = triggers;
         self.sessions.set_token_rows(rows);
+        self.embeddings = embeddings
+            .iter()
+            .zip(ranges)
+            .map(|(e, r)| (e.name.clone(), e.file.clone(), r))
+            .collect();
         Ok(())
+    }
+
+    /// The embeddings (name, file) that `req`'s prompt or negative prompt triggers, in the order they were set.
+    pub fn used_embeddings(&self, req: &Request) -> Result<Vec<(String, std::path::PathBuf)>> {
+        if self.embeddings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tok = &self.tokenizers.first;
+        let triggers = &self.tokenizers.triggers[0];
+        let mut ids: Vec<i64> = Vec::new();
+        for text in std::iter::once(req.prompt.as_str()).chain(req.negative_prompt.as_deref()) {
+            match req.text.syntax {
+                crate::prompt::PromptSyntax::A1111 => {
+                    for c in crate::prompt::chunks(tok, text, triggers)? {
+                        ids.extend(c.ids);
+                    }
+                }
+                crate::prompt::PromptSyntax::Plain => {
+                    ids.extend(crate::prompt::plain_chunk(tok, text, triggers)?.0.ids)
+                }
+            }
+        }
+        Ok(self
+            .embeddings
+            .iter()
+            .filter(|(_, _, range)| ids.iter().any(|i| range.contains(i)))
+            .map(|(name, file, _)| (name.clone(), file.clone()))
+            .collect())
     }
 
     /// diffusers' `encode_prompt`: the embeddings a run at this guidance scale would use, read as `text` says
