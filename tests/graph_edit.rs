@@ -1,6 +1,7 @@
 //! The in-memory graph edits (clip skip, textual inversion) keep external data external: a text encoder whose
 //! weights live in `model.onnx_data` (as exports over 2 GB have them, SDXL's second encoder) gives, edited,
-//! exactly what the same encoder with its weights inside `model.onnx` gives.
+//! exactly what the same encoder with its weights inside `model.onnx` gives; and the convert script's export of the
+//! same weights (int32 ids, LayerNorm decomposed) is edited to the same values.
 
 use sd_onnx::embeddings::load_dir;
 use sd_onnx::graphs::text_widths;
@@ -63,7 +64,13 @@ fn edited_graphs_read_external_weights() {
         ..TextOptions::default()
     };
     let mut outputs = Vec::new();
-    for dir in [Path::new("onnx/sd-tiny-optimum"), external.as_path()] {
+    // The same weights exported by diffusers' convert script (int32 ids, a decomposed LayerNorm) and by optimum
+    // with its text encoder's weights moved out.
+    for dir in [
+        Path::new("onnx/sd-tiny-optimum"),
+        external.as_path(),
+        Path::new("onnx/sd-tiny-convert"),
+    ] {
         let profile = ModelProfile::load(dir).unwrap();
         let (embeddings, _) = load_dir(
             Path::new("tests/fixtures/embeddings"),
