@@ -197,3 +197,22 @@ fn progress_counts_the_steps_asked_for() {
         assert_eq!(ticks, expected, "{scheduler:?} {steps} steps");
     }
 }
+
+/// Clip skip 0 from a library caller is clip skip 1 (the last layer), not a panic.
+#[test]
+fn clip_skip_zero_is_the_last_layer() {
+    let runtime = common::runtime();
+    let profile = ModelProfile::load(Path::new("onnx/sd-tiny-optimum")).unwrap();
+    let mut pipe = Pipeline::load(&runtime, profile).unwrap();
+    let zero = sd_onnx::prompt::TextOptions {
+        clip_skip: 0,
+        ..Default::default()
+    };
+    let a = pipe
+        .encode_prompt("a cube", None, 7.5, &zero, &mut Vec::new())
+        .unwrap();
+    let b = pipe
+        .encode_prompt("a cube", None, 7.5, &Default::default(), &mut Vec::new())
+        .unwrap();
+    assert_eq!(a.cond, b.cond);
+}

@@ -67,6 +67,12 @@ impl TextEncoder {
         layer: Layer,
         rows: Option<&Array2<f32>>,
     ) -> Result<Self> {
+        // Clip skip 0 means the same as 1 (the last layer; diffusers' None).
+        let layer = match layer {
+            Layer::Sd(0) => Layer::Sd(1),
+            Layer::Xl(0) => Layer::Xl(1),
+            l => l,
+        };
         let mut spec = SessionSpec::plain(c);
         if rows.is_none() && layer != Layer::Sd(1) {
             let plain = Self::load_spec(runtime, &spec)?;

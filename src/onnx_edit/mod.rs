@@ -56,8 +56,12 @@ impl Model {
 
     /// The main graph.
     pub fn graph(&self) -> &pb::GraphProto {
-        // `decode` refused models without one.
-        self.proto.graph.as_ref().unwrap_or_else(|| unreachable!())
+        // `decode` refuses models without one; a `Model` built by hand without one reads as an empty graph.
+        static EMPTY: std::sync::OnceLock<pb::GraphProto> = std::sync::OnceLock::new();
+        self.proto
+            .graph
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(pb::GraphProto::default))
     }
 
     /// The main graph, to edit.

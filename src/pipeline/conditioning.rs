@@ -168,7 +168,7 @@ fn embed(
     for (i, chunk) in first.iter().enumerate() {
         if second_tok.is_none() {
             let mut z = sessions
-                .text_encoder(profile, Layer::Sd(opts.clip_skip))?
+                .text_encoder(profile, Layer::Sd(opts.clip_skip.max(1)))?
                 .encode_skip(&chunk.ids, opts.clip_skip)?;
             opts.emphasis.apply(&mut z, chunk)?;
             states.push(z);
@@ -183,10 +183,10 @@ fn embed(
             )
         })?;
         let (mut a, _) = sessions
-            .text_encoder(profile, Layer::Xl(opts.clip_skip))?
+            .text_encoder(profile, Layer::Xl(opts.clip_skip.max(1)))?
             .encode_penultimate(&chunk.ids, opts.clip_skip)?;
         let (mut b, p) = sessions
-            .text_encoder_2(profile, Layer::Xl(opts.clip_skip))?
+            .text_encoder_2(profile, Layer::Xl(opts.clip_skip.max(1)))?
             .encode_penultimate(&chunk_2.ids, opts.clip_skip)?;
         opts.emphasis.apply(&mut a, chunk)?;
         opts.emphasis.apply(&mut b, chunk_2)?;

@@ -217,7 +217,18 @@ impl Pipeline {
                         emb.vectors.len()
                     ),
                 })?;
-                if v.ncols() != widths[e] || v.nrows() == 0 {
+                if v.nrows() == 0 || v.nrows() > crate::embeddings::MAX_VECTORS {
+                    return Err(crate::Error::Invalid {
+                        field: "embeddings",
+                        msg: format!(
+                            "{}: has {} vectors; an embedding has 1 to {} (one chunk)",
+                            emb.file.display(),
+                            v.nrows(),
+                            crate::embeddings::MAX_VECTORS
+                        ),
+                    });
+                }
+                if v.ncols() != widths[e] {
                     return Err(crate::Error::Invalid {
                         field: "embeddings",
                         msg: format!(
