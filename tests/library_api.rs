@@ -216,3 +216,22 @@ fn clip_skip_zero_is_the_last_layer() {
         .unwrap();
     assert_eq!(a.cond, b.cond);
 }
+
+/// Embeddings handed to the library are checked as a folder's are: the wrong width is refused, naming both.
+#[test]
+fn set_embeddings_refuses_the_wrong_width() {
+    let runtime = common::runtime();
+    let profile = ModelProfile::load(Path::new("onnx/sd-tiny-optimum")).unwrap();
+    let mut pipe = Pipeline::load(&runtime, profile).unwrap();
+    let wide = sd_onnx::embeddings::Embedding {
+        name: "wide".into(),
+        aliases: Vec::new(),
+        file: "wide.pt".into(),
+        vectors: vec![ndarray::Array2::zeros((1, 32))],
+    };
+    let e = pipe.set_embeddings(&[wide]).unwrap_err().to_string();
+    assert!(
+        e.contains("wide.pt") && e.contains("32 wide") && e.contains("16 wide"),
+        "{e}"
+    );
+}

@@ -14,7 +14,7 @@
 # ONNX Runtime GPU), so it can run before the staging calls, or in the background while they travel
 # (`setsid nohup env PHASE=model OUT=/tmp/m bash scripts/device/gpu_cuda_graph.sh &`, if the machine keeps
 # background processes between calls); PHASE=measure then skips it when /tmp/sd15f exists.
-# Carrying: a device call takes the working tree plus what it carries within 64 MiB. The tree is ~50 MB, so move
+# Carrying: a device call takes the working tree plus what it carries within 64 MiB. The tree is ~68 MB, so move
 # the fixtures this script does not use aside first (everything under onnx/ but sd-tiny-optimum and sd-tiny-fp16:
 # `mkdir -p /tmp/aside && mv onnx/sd-tiny-{convert,lcm-optimum,inpaint-convert,inpaint-optimum} onnx/sdxl-tiny-optimum /tmp/aside/`),
 # stage ONNX Runtime GPU in parts of <= 24 MB, and move them back afterwards.

@@ -213,7 +213,7 @@ fn one_step(text: &str) -> String {
             .chars()
             .map(|c| match c as u32 {
                 0x81 | 0x8d | 0x8f | 0x90 | 0x9d => None,
-                n @ 0x80..=0x9f => Some(tables::C1_AS_1252[(n - 0x80) as usize]),
+                0x80..=0x9f => Some(super::c1_as_1252(c)),
                 _ => Some(c),
             })
             .collect();
@@ -224,13 +224,7 @@ fn one_step(text: &str) -> String {
         }
     }
     if text.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c)) {
-        return text
-            .chars()
-            .map(|c| match c as u32 {
-                n @ 0x80..=0x9f => tables::C1_AS_1252[(n - 0x80) as usize],
-                _ => c,
-            })
-            .collect();
+        return text.chars().map(super::c1_as_1252).collect();
     }
     text.to_string()
 }

@@ -53,7 +53,7 @@ fn numeric_reference(body: &str) -> Option<String> {
     let c = match num {
         0x00 => Some('\u{fffd}'),
         0x0d => Some('\r'),
-        0x80..=0x9f => Some(tables::C1_AS_1252[(num - 0x80) as usize]),
+        0x80..=0x9f => char::from_u32(num as u32).map(c1_as_1252),
         0xd800..=0xdfff | 0x11_0000.. => Some('\u{fffd}'),
         0x1..=0x8 | 0xb | 0xe..=0x1f | 0x7f | 0xfdd0..=0xfdef => None,
         n if n & 0xfffe == 0xfffe => None,
@@ -77,6 +77,14 @@ fn unescape_html(text: &str) -> String {
         .into_owned()
 }
 
+/// `fix_c1_controls` for one character: U+0080..U+009F as Windows-1252 reads the byte (ftfy's sloppy codec).
+pub(crate) fn c1_as_1252(c: char) -> char {
+    match c as u32 {
+        n @ 0x80..=0x9f => tables::C1_AS_1252[(n - 0x80) as usize],
+        _ => c,
+    }
+}
+
 fn lookup(table: &[(u32, &'static str)], c: char) -> Option<&'static str> {
     table
         .binary_search_by_key(&(c as u32), |(k, _)| *k)
@@ -86,39 +94,21 @@ fn lookup(table: &[(u32, &'static str)], c: char) -> Option<&'static str> {
 
 /// One pass of the character-level steps, in ftfy's order.
 fn char_steps(text: &str) -> String {
-    // fix_c1_controls
-    let text: String = text
-        .chars()
-        .map(|c| match c as u32 {
-            0x80..=0x9f => tables::C1_AS_1252[c as usize - 0x80],
-            _ => c,
-        })
-        .collect();
-    // fix_latin_ligatures, fix_character_width, uncurl_quotes
+    // fix_c1_controls, then per character fix_latin_ligatures, fix_character_width and uncurl_quotes: no
+    // ligature's letters are width forms, and what either gives is uncurled, so one pass is ftfy's three.
+    let uncurl = |c: char| match c {
+        '\u{02bc}' | '\u{2018}'..='\u{201b}' => '\'',
+        '\u{201c}'..='\u{201f}' => '"',
+        _ => c,
+    };
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if let Some(s) = lookup(&tables::LIGATURES, c) {
-            out.push_str(s);
-        } else {
-            out.push(c);
+    for c in text.chars().map(c1_as_1252) {
+        match lookup(&tables::LIGATURES, c).or_else(|| lookup(&tables::WIDTH_MAP, c)) {
+            Some(s) => out.extend(s.chars().map(uncurl)),
+            None => out.push(uncurl(c)),
         }
     }
     let text = out;
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match lookup(&tables::WIDTH_MAP, c) {
-            Some(s) => out.push_str(s),
-            None => out.push(c),
-        }
-    }
-    let text: String = out
-        .chars()
-        .map(|c| match c {
-            '\u{02bc}' | '\u{2018}'..='\u{201b}' => '\'',
-            '\u{201c}'..='\u{201f}' => '"',
-            _ => c,
-        })
-        .collect();
     // fix_line_breaks
     let text = text
         .replace("\r\n", "\n")

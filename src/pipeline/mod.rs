@@ -185,10 +185,14 @@ impl Pipeline {
     /// Use these textual-inversion embeddings from now on (replacing any set before; an empty list removes
     /// them): each one's name and aliases trigger it in prompts. The text encoders are reopened with the vectors
     /// appended to their token tables. Embeddings must have one set of vectors per text encoder, of its width
-    /// ([`crate::embeddings::load_dir`] checks that when reading a folder).
+    /// ([`crate::embeddings::load_dir`] checks that when reading a folder; here the width is checked against the
+    /// encoder's config, and without one when the graph is edited).
     pub fn set_embeddings(&mut self, embeddings: &[crate::embeddings::Embedding]) -> Result<()> {
         let encoders = 1 + usize::from(self.profile.xl.is_some());
-        let widths = crate::graphs::text_widths(&self.profile)?;
+        let refuse = |emb: &crate::embeddings::Embedding, msg: String| crate::Error::Invalid {
+            field: "embeddings",
+            msg: format!("{}: {msg}", emb.file.display()),
+        };
         let tokenizers = [
             Some(&self.tokenizers.first),
             self.tokenizers.second.as_ref(),
@@ -206,38 +210,40 @@ impl Pipeline {
                 .unwrap_or(tok.max_id() + 1);
             let mut words: Vec<(String, Vec<i64>)> = Vec::new();
             let mut vectors: Vec<ndarray::ArrayView2<f32>> = Vec::new();
+            let width = self
+                .profile
+                .text_encoder_config(e)
+                .and_then(|c| c["hidden_size"].as_u64());
             let mut next = first;
             for emb in embeddings {
                 let v = emb.vectors.get(e).filter(|_| emb.vectors.len() == encoders);
-                let v = v.ok_or_else(|| crate::Error::Invalid {
-                    field: "embeddings",
-                    msg: format!(
-                        "{}: has {} set(s) of vectors; this model has {encoders} text encoder(s)",
-                        emb.file.display(),
-                        emb.vectors.len()
-                    ),
+                let v = v.ok_or_else(|| {
+                    refuse(
+                        emb,
+                        format!(
+                            "has {} set(s) of vectors; this model has {encoders} text encoder(s)",
+                            emb.vectors.len()
+                        ),
+                    )
                 })?;
                 if v.nrows() == 0 || v.nrows() > crate::embeddings::MAX_VECTORS {
-                    return Err(crate::Error::Invalid {
-                        field: "embeddings",
-                        msg: format!(
-                            "{}: has {} vectors; an embedding has 1 to {} (one chunk)",
-                            emb.file.display(),
+                    return Err(refuse(
+                        emb,
+                        format!(
+                            "has {} vectors; an embedding has 1 to {} (one chunk)",
                             v.nrows(),
                             crate::embeddings::MAX_VECTORS
                         ),
-                    });
+                    ));
                 }
-                if v.ncols() != widths[e] {
-                    return Err(crate::Error::Invalid {
-                        field: "embeddings",
-                        msg: format!(
-                            "{}: its vectors are {} wide; this model's text encoder is {} wide",
-                            emb.file.display(),
-                            v.ncols(),
-                            widths[e]
+                if let Some(w) = width.filter(|&w| w != v.ncols() as u64) {
+                    return Err(refuse(
+                        emb,
+                        format!(
+                            "its vectors are {} wide; this model's text encoder is {w} wide",
+                            v.ncols()
                         ),
-                    });
+                    ));
                 }
                 let ids: Vec<i64> = (next..next + v.nrows() as i64).collect();
                 if e == 0 {
