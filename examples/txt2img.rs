@@ -22,7 +22,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Intent::default() // steps, guidance, size and scheduler: the model's defaults
     };
     let plan = resolve(&profile, intent)?;
-    let params = infotext::for_image(&plan.request, &profile, plan.request.seed, 0, None, None);
+    let params = infotext::for_image(
+        &plan.request,
+        &profile,
+        plan.request.seed,
+        0,
+        None,
+        None,
+        None,
+    );
     let mut pipeline = Pipeline::with_memory(&runtime, profile, MemoryMode::OneShot)?;
     let generated = pipeline.run(plan, &mut |p| {
         if let Progress::Step { done, total } = p {

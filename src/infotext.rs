@@ -83,6 +83,8 @@ pub struct ImageInfo<'a> {
     pub schedule: Option<SigmaSpacing>,
     /// A1111's `TI hashes` of the embeddings the prompts used ([`crate::model_hash::ti_hashes`]).
     pub ti_hashes: Option<&'a str>,
+    /// A1111's `Lora hashes` of the LoRAs merged ([`crate::lora::hashes`]).
+    pub lora_hashes: Option<&'a str>,
 }
 
 /// The infotext of image `batch_pos` (seeded `seed`) of `req` on `profile`'s model, with the model hash if
@@ -94,6 +96,7 @@ pub fn for_image(
     batch_pos: usize,
     model_hash: Option<&str>,
     ti_hashes: Option<&str>,
+    lora_hashes: Option<&str>,
 ) -> String {
     let model = profile.name();
     write(
@@ -105,6 +108,7 @@ pub fn for_image(
             model_hash,
             schedule: req.effective_schedule(profile),
             ti_hashes,
+            lora_hashes,
         },
     )
 }
@@ -140,6 +144,9 @@ pub fn write(req: &Request, image: &ImageInfo) -> String {
     }
     if req.guidance_rescale > 0.0 {
         params.push(("CFG Rescale", req.guidance_rescale.to_string()));
+    }
+    if let Some(h) = image.lora_hashes {
+        params.push(("Lora hashes", h.to_string()));
     }
     if let Some(h) = image.ti_hashes {
         params.push(("TI hashes", h.to_string()));
@@ -313,6 +320,7 @@ mod tests {
                         model_hash: Some("0123456789"),
                         schedule,
                         ti_hashes: None,
+                        lora_hashes: None,
                     };
                     let p = parse(&write(&req, &info));
                     let what = format!("{kind:?} {schedule:?} {rng:?}");
@@ -387,6 +395,7 @@ mod tests {
             model_hash: None,
             schedule: None,
             ti_hashes: Some("tiny-style: 0123456789ab, glow: ba9876543210"),
+            lora_hashes: Some("style: 0123456789ab, locon: ba9876543210"),
         };
         let mut req = request(SchedulerKind::Euler, None, RngKind::Torch);
         req.prompt = "a (red:1.3) cube BREAK \\(x\\)".into();
@@ -394,6 +403,7 @@ mod tests {
         assert_eq!(p.prompt, req.prompt);
         assert_eq!((p.get("Clip skip"), p.get("Emphasis")), (None, None));
         assert_eq!(p.get("TI hashes"), info.ti_hashes);
+        assert_eq!(p.get("Lora hashes"), info.lora_hashes);
         req.text = TextOptions {
             clip_skip: 2,
             emphasis: Emphasis::NoNorm,

@@ -11,7 +11,7 @@
 //! let profile = ModelProfile::load(Path::new("onnx/sd-emoji"))?;
 //! let plan = resolve(&profile, Intent { prompt: "red apple".into(), seed: Some(1), ..Intent::default() })?;
 //! // A1111's "parameters" text for the first image (seed, batch position 0, no model hash).
-//! let params = infotext::for_image(&plan.request, &profile, plan.request.seed, 0, None, None);
+//! let params = infotext::for_image(&plan.request, &profile, plan.request.seed, 0, None, None, None);
 //! let mut pipeline = Pipeline::with_memory(&runtime, profile, MemoryMode::OneShot)?;
 //! let generated = pipeline.run(plan, &mut |_| {})?;
 //! output::write_image(Path::new("apple.png"), &generated.images[0], &params)?;
@@ -33,6 +33,7 @@ pub mod graphs;
 pub mod images;
 pub mod infotext;
 pub mod inspect;
+pub mod lora;
 pub mod model_hash;
 pub mod onnx_edit;
 pub mod onnx_proto;

@@ -1317,3 +1317,138 @@ fn embeddings_from_the_command_line() {
     assert!(stderr(&o).contains("/no/such/dir"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// LoRA from the command line (issue 14): `--lora PATH:W` and `<lora:NAME:W>` with `--lora-dir` give diffusers'
+/// fused image; the PNG names them in `Lora hashes`; `lora inspect` reports format, base model and matches;
+/// refusals name the file and its base model; nothing is written when a run is refused.
+#[test]
+fn loras_from_the_command_line() {
+    let dir = tmpdir("lora");
+    let out = dir.join("l.png");
+    let common = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "txt2img",
+            "--model",
+            MODEL,
+            "--scheduler",
+            "euler",
+            "--steps",
+            "10",
+            "--seed",
+            "50",
+            "--guidance",
+            "7.5",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "--quiet",
+            "--overwrite",
+            "--output",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.push(out.to_str().unwrap().into());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let want = common::read_png(Path::new("tests/fixtures/lora/kohya_0.6.png")).2;
+    let close = |got: &[u8]| {
+        got.iter()
+            .zip(&want)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap()
+    };
+    for extra in [
+        &[
+            "-p",
+            "a cube ",
+            "--lora",
+            "tests/fixtures/loras/style.safetensors:0.6",
+        ][..],
+        &[
+            "-p",
+            "a cube <lora:style:0.6>",
+            "--lora-dir",
+            "tests/fixtures/loras",
+        ][..],
+    ] {
+        let args = common(extra);
+        let o = bin().args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let (_, _, got) = common::read_png(&out);
+        assert!(
+            close(&got) <= 1,
+            "{extra:?}: {} levels from diffusers' fuse_lora",
+            close(&got)
+        );
+        let png = std::fs::read(&out).unwrap();
+        let text = String::from_utf8_lossy(&png);
+        assert!(
+            text.contains("Lora hashes: \"style: a70081fa12a4\""),
+            "{extra:?}"
+        );
+    }
+
+    let o = run(&[
+        "lora",
+        "inspect",
+        "tests/fixtures/loras/locon.safetensors",
+        "-m",
+        MODEL,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["base_model"], "sd_v1");
+    assert_eq!(
+        v["kinds"]["LoCon"].as_u64().unwrap()
+            + v["kinds"]["LoCon (Tucker)"].as_u64().unwrap()
+            + v["kinds"]["LoRA"].as_u64().unwrap_or(0),
+        v["targets"]["unet"].as_u64().unwrap()
+    );
+    assert_eq!(v["unmatched"].as_array().unwrap().len(), 0);
+    assert!(v["refused"].is_null());
+
+    let _ = std::fs::remove_file(&out);
+    // Refusals: exit 2, one line naming the file, nothing written.
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "-p",
+                "x",
+                "--lora",
+                "tests/fixtures/loras/xl/xl-style.safetensors",
+            ],
+            "xl-style.safetensors: is a LoRA for another model (trained on sdxl_base_v1-0)",
+        ),
+        (
+            &[
+                "-p",
+                "x <lora:nope:1>",
+                "--lora-dir",
+                "tests/fixtures/loras",
+            ],
+            "no nope.safetensors in tests/fixtures/loras",
+        ),
+        (&["-p", "x <lora:style:1>"], "needs --lora-dir"),
+        (
+            &[
+                "-p",
+                "x",
+                "--lora",
+                "tests/fixtures/loras/style.safetensors:abc",
+            ],
+            "style.safetensors:abc",
+        ),
+    ];
+    for (extra, want) in cases {
+        let o = bin().args(common(extra)).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{extra:?}: {}", stderr(&o));
+        assert!(!out.exists(), "{extra:?} wrote an image");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

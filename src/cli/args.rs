@@ -32,6 +32,11 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// List the textual-inversion embeddings a folder holds for a model: what loads, and what does not and why.
     Embeddings(EmbeddingsArgs),
+    /// LoRA files: `sd-onnx lora inspect FILE [-m MODEL]`.
+    Lora {
+        #[command(subcommand)]
+        command: LoraCommand,
+    },
     /// List the schedulers and their diffusers classes.
     Schedulers,
     /// Time session creation, text encoding, UNet and scheduler per step, VAE decode, end to end, peak RSS.
@@ -77,6 +82,10 @@ pub struct BenchArgs {
     /// Measure with --low-memory's policy (sessions created per phase and dropped).
     #[arg(long)]
     pub low_memory: bool,
+    /// Merge these LoRAs (PATH[:WEIGHT], repeatable) into the sessions: session creation then includes reading
+    /// and merging them (or, once merged before, loading the cached merged graphs).
+    #[arg(long = "lora", value_name = "PATH[:WEIGHT]")]
+    pub lora: Vec<String>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -198,6 +207,14 @@ pub struct Txt2ImgArgs {
     /// prompts by its file name without the extension (`sd-onnx embeddings` lists what loads).
     #[arg(long, value_name = "DIR", help_heading = MODEL)]
     pub embeddings_dir: Option<PathBuf>,
+    /// A LoRA (.safetensors: kohya, diffusers/PEFT, LoCon, LoHa, LoKr) merged into the text encoder(s) and UNet
+    /// at this weight (default 1; negative weights subtract it). Repeatable.
+    #[arg(long = "lora", value_name = "PATH[:WEIGHT]", help_heading = MODEL)]
+    pub lora: Vec<String>,
+    /// Where the prompt's <lora:NAME:WEIGHT> (or <lora:NAME:TE:UNET>) tags find NAME.safetensors (A1111's flag;
+    /// searched 4 folders deep). The tags are taken out of the prompt.
+    #[arg(long, value_name = "DIR", help_heading = MODEL)]
+    pub lora_dir: Option<PathBuf>,
     /// Create each graph's session only while it is needed (lower peak memory, slower).
     #[arg(long, help_heading = MODEL)]
     pub low_memory: bool,
@@ -261,6 +278,25 @@ pub struct InspectArgs {
     pub json: bool,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LoraCommand {
+    /// Show a LoRA file's format, base model, ranks and targets; with --model, which modules land in it.
+    Inspect(LoraInspectArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LoraInspectArgs {
+    /// The LoRA file (.safetensors).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// An exported pipeline folder: show which keys match its graphs and which do not.
+    #[arg(short, long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Machine-readable output (the report as JSON).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

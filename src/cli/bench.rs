@@ -52,8 +52,20 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     } else {
         MemoryMode::KeepAll
     };
-    let mut pipeline = Pipeline::with_memory(&runtime, profile, memory)?;
+    let mut loras = Vec::new();
+    for spec in &a.lora {
+        let (path, w) = sd_onnx::lora::parse_spec(spec)?;
+        loras.push(sd_onnx::lora::Active {
+            file: std::sync::Arc::new(sd_onnx::lora::LoraFile::read(&path)?),
+            te: w,
+            unet: w,
+        });
+    }
+    let (mut pipeline, lora_warnings) = Pipeline::with_loras(&runtime, profile, memory, &loras)?;
     let session_creation = t_load.elapsed();
+    for w in lora_warnings {
+        eprintln!("warning: {w}");
+    }
     let first_image = start.elapsed();
     // One warm-up run, then the timed ones.
     pipeline.generate(&req, &mut |_| {})?;
@@ -97,6 +109,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "model": a.model, "scheduler": scheduler.name(), "rng": req.rng.name(), "steps": a.steps, "size": [req.width, req.height],
         "runs": a.runs, "ort_version": runtime.version, "threads": std::thread::available_parallelism().map(|n| n.get()).ok(),
         "session_creation_ms": ms(session_creation),
+        "loras": a.lora,
         "first_load_ms": ms(first_image),
         "text_encoding_ms": ms(median(&text)),
         "prompt_chunks": chunks,

@@ -161,6 +161,34 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
             loaded
         }
     };
+    // LoRA files too: --lora, then the prompt's tags from --lora-dir.
+    let mut loras = Vec::new();
+    for spec in &a.lora {
+        let (path, w) = sd_onnx::lora::parse_spec(spec)?;
+        let file = sd_onnx::lora::LoraFile::read(&path)?;
+        loras.push(sd_onnx::lora::Active {
+            file: std::sync::Arc::new(file),
+            te: w,
+            unet: w,
+        });
+    }
+    for tag in req.lora_tags()? {
+        let dir = a.lora_dir.as_deref().ok_or_else(|| {
+            Error::Usage(format!(
+                "the prompt's <lora:{}> needs --lora-dir (the folder its .safetensors file is in)",
+                tag.name
+            ))
+        })?;
+        let path = sd_onnx::lora::find(dir, &tag.name).map_err(|e| match e {
+            Error::Invalid { msg, .. } => Error::Usage(format!("--lora-dir: {msg}")),
+            other => other,
+        })?;
+        loras.push(sd_onnx::lora::Active {
+            file: std::sync::Arc::new(sd_onnx::lora::LoraFile::read(&path)?),
+            te: tag.te,
+            unet: tag.unet,
+        });
+    }
     // Every file name, decided and checked before the run: nothing is clobbered, no run is wasted.
     let slots: Vec<ImageSlot> = (0..req.batch_count)
         .flat_map(|b| {
@@ -212,6 +240,12 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
     if !embeddings.is_empty() {
         pipeline.set_embeddings(&embeddings)?;
     }
+    if !loras.is_empty() {
+        for w in pipeline.set_loras(&loras)? {
+            eprintln!("warning: {w}");
+        }
+    }
+    let lora_hashes = sd_onnx::lora::hashes(pipeline.loras());
     let ti_hashes = sd_onnx::model_hash::ti_hashes(&pipeline.used_embeddings(&req)?)?;
     let texts: Vec<String> = slots
         .iter()
@@ -223,6 +257,7 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
                 s.pos,
                 Some(&model_hash),
                 ti_hashes.as_deref(),
+                lora_hashes.as_deref(),
             )
         })
         .collect();

@@ -62,6 +62,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Tokenize(a) => tokenize(a),
         Command::Embeddings(a) => embeddings(a),
+        Command::Lora {
+            command: args::LoraCommand::Inspect(a),
+        } => lora_inspect(a),
         Command::Bench(a) => bench::bench(a),
         Command::Schedulers => {
             schedulers();
@@ -156,6 +159,82 @@ fn load_runtime(
     config.memory_check =
         std::env::var_os("SD_ONNX_NO_MEMORY_CHECK").is_none_or(|v| v.is_empty() || v == "0");
     Runtime::load_with(a.ort_lib.as_deref(), config)
+}
+
+fn lora_inspect(a: args::LoraInspectArgs) -> Result<()> {
+    use sd_onnx::lora::{LoraFile, graph};
+    let file = std::sync::Arc::new(LoraFile::read(&a.file)?);
+    let report = match &a.model {
+        Some(m) => {
+            let profile = ModelProfile::load(m)?;
+            graph::report_for(&file, &graph::model_sites(&profile)?, &profile.dir)
+        }
+        None => file.report(),
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Usage(e.to_string()))?
+        );
+        return Ok(());
+    }
+    let join = |m: &std::collections::BTreeMap<String, usize>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("{} ({})", report.name, report.file);
+    println!(
+        "  format      {} ({})",
+        join(&report.kinds),
+        report.convention
+    );
+    println!(
+        "  base model  {}",
+        report.base_model.as_deref().unwrap_or("not recorded")
+    );
+    let ranks: Vec<String> = report.ranks.iter().map(|r| r.to_string()).collect();
+    let alphas: Vec<String> = report.alphas.iter().map(|r| r.to_string()).collect();
+    println!(
+        "  rank        {}   alpha {}",
+        if ranks.is_empty() {
+            "-".into()
+        } else {
+            ranks.join(", ")
+        },
+        if alphas.is_empty() {
+            "none (= rank)".into()
+        } else {
+            alphas.join(", ")
+        }
+    );
+    println!("  modules     {}", join(&report.targets));
+    println!("  layers      {}", join(&report.layers));
+    println!("  hash        {} (Lora hashes)", report.hash);
+    if let (Some(matched), Some(unmatched)) = (&report.matched, &report.unmatched) {
+        let total: usize = report.targets.values().sum();
+        println!(
+            "  on {}: {} of {total} modules match ({}); {} do not",
+            a.model
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display(),
+            matched.values().sum::<usize>(),
+            join(matched),
+            unmatched.len()
+        );
+        for k in unmatched.iter().take(8) {
+            println!("    unmatched: {k}");
+        }
+        if unmatched.len() > 8 {
+            println!("    ... and {} more", unmatched.len() - 8);
+        }
+        if let Some(why) = &report.refused {
+            println!("  refused: {why}");
+        }
+    }
+    Ok(())
 }
 
 fn embeddings(a: args::EmbeddingsArgs) -> Result<()> {

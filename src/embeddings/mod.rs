@@ -49,6 +49,28 @@ pub struct Refused {
     pub reason: String,
 }
 
+/// A safetensors tensor's values as f32 (F32, F16 or BF16 stored; `None` for other types).
+pub(crate) fn float_values(t: &safetensors::tensor::TensorView<'_>) -> Option<Vec<f32>> {
+    Some(match t.dtype() {
+        safetensors::Dtype::F32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        safetensors::Dtype::F16 => t
+            .data()
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        safetensors::Dtype::BF16 => t
+            .data()
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
 /// Most vectors one embedding may have: it must fit in one 75-token chunk.
 pub const MAX_VECTORS: usize = 75;
 /// Largest embedding file read (real ones are kilobytes).
@@ -159,24 +181,8 @@ pub fn load_file(file: &Path, widths: &[usize]) -> std::result::Result<Embedding
         let mut out = Vec::new();
         for n in names {
             let t = st.tensor(&n).map_err(|e| format!("`{n}`: {e}"))?;
-            let data: Vec<f32> = match t.dtype() {
-                safetensors::Dtype::F32 => t
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                safetensors::Dtype::F16 => t
-                    .data()
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                safetensors::Dtype::BF16 => t
-                    .data()
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                other => return Err(format!("`{n}` is {other:?}; embeddings are float")),
-            };
+            let data = float_values(&t)
+                .ok_or_else(|| format!("`{n}` is {:?}; embeddings are float", t.dtype()))?;
             out.push((n, t.shape().to_vec(), data));
         }
         out

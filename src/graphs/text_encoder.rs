@@ -4,7 +4,7 @@ use super::{Graph, dtype_name};
 use crate::error::{Error, Result};
 use crate::onnx_edit::Model;
 use crate::profile::Component;
-use crate::runtime::{Runtime, SessionSpec};
+use crate::runtime::{Computed, Runtime, SessionSpec};
 use ndarray::{Array2, Array3};
 use ort::value::{DynValue, Tensor, TensorElementType};
 use std::sync::Arc;
@@ -66,6 +66,7 @@ impl TextEncoder {
         c: &Component,
         layer: Layer,
         rows: Option<&Array2<f32>>,
+        weights: Option<&Computed>,
     ) -> Result<Self> {
         // Clip skip 0 means the same as 1 (the last layer; diffusers' None).
         let layer = match layer {
@@ -74,6 +75,7 @@ impl TextEncoder {
             l => l,
         };
         let mut spec = SessionSpec::plain(c);
+        spec.computed = weights.cloned();
         if rows.is_none() && layer != Layer::Sd(1) {
             let plain = Self::load_spec(runtime, &spec)?;
             if plain.has_layer(layer) {
@@ -90,7 +92,14 @@ impl TextEncoder {
                 expose_layer(&mut model, layer)?;
             }
             spec.edited = Some(Arc::from(model.encode()));
-            spec.identity = format!("{layer:?}+{}", rows.map_or(0, |r| r.nrows()));
+            // Complete: the layer and the rows' values (FNV-1a of their bits), so the edited graph can be cached.
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for v in rows.iter().flat_map(|r| r.iter()) {
+                for b in v.to_bits().to_le_bytes() {
+                    h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+                }
+            }
+            spec.identity = format!("{layer:?}+{}:{h:016x}", rows.map_or(0, |r| r.nrows()));
         }
         let mut enc = Self::load_spec(runtime, &spec)?;
         enc.layer = layer;

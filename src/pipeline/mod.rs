@@ -129,6 +129,10 @@ pub struct Pipeline {
     interrupt: Arc<AtomicBool>,
     /// The embeddings set: name, file, and the ids their vectors have in the first tokenizer's chunks.
     embeddings: Vec<(String, std::path::PathBuf, std::ops::Range<i64>)>,
+    /// The LoRA set merged into the graphs.
+    loras: Vec<crate::lora::Active>,
+    /// Where LoRA modules can land in each graph (read once, when a LoRA is first set).
+    lora_sites: Option<Vec<(crate::lora::Target, Arc<crate::lora::graph::Sites>)>>,
 }
 
 impl Pipeline {
@@ -158,7 +162,31 @@ impl Pipeline {
             profile,
             interrupt: Arc::new(AtomicBool::new(false)),
             embeddings: Vec::new(),
+            loras: Vec::new(),
+            lora_sites: None,
         })
+    }
+
+    /// [`Pipeline::with_memory`] with a LoRA set merged from the start ([`Pipeline::set_loras`]): the graphs are
+    /// opened once, with the merged weights. Returns the set's warnings too.
+    pub fn with_loras(
+        runtime: &Runtime,
+        profile: ModelProfile,
+        memory: MemoryMode,
+        loras: &[crate::lora::Active],
+    ) -> Result<(Self, Vec<String>)> {
+        let lazy = if memory == MemoryMode::KeepAll {
+            MemoryMode::OneShot
+        } else {
+            memory
+        };
+        let mut p = Self::with_memory(runtime, profile, lazy)?;
+        let warnings = p.set_loras(loras)?;
+        if memory == MemoryMode::KeepAll {
+            p.sessions.set_memory(MemoryMode::KeepAll);
+            p.sessions.open_all(&p.profile)?;
+        }
+        Ok((p, warnings))
     }
 
     /// The (first) tokenizer.
@@ -272,6 +300,80 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Merge these LoRAs (with their text-encoder and UNet multipliers) into the graphs from now on, replacing
+    /// the set before; an empty list goes back to the exported weights. Each file is matched against the
+    /// model's graphs first: one for another base model, one that matches nothing and a fused export are
+    /// refused (nothing changes then). Returns warnings (modules that match nothing). Sessions whose weights
+    /// change are reopened when next needed, from the graph cache when this set was merged before.
+    pub fn set_loras(&mut self, active: &[crate::lora::Active]) -> Result<Vec<String>> {
+        use crate::lora::{Target, graph};
+        if active.is_empty() {
+            self.sessions.set_loras([None, None, None]);
+            self.loras.clear();
+            return Ok(Vec::new());
+        }
+        let sites = match &self.lora_sites {
+            Some(s) => s.clone(),
+            None => {
+                let s = graph::model_sites(&self.profile)?;
+                self.lora_sites = Some(s.clone());
+                s
+            }
+        };
+        let refs: Vec<(Target, &graph::Sites)> = sites.iter().map(|(t, s)| (*t, &**s)).collect();
+        let (plans, warnings, _) = graph::plan(active, &refs, &self.profile.dir)?;
+        let mut computed: [Option<crate::runtime::Computed>; 3] = [None, None, None];
+        for plan in plans {
+            let (i, c) = match plan.target {
+                Target::TextEncoder => (0, &self.profile.text_encoder),
+                Target::TextEncoder2 => match &self.profile.xl {
+                    Some(xl) => (1, &xl.text_encoder_2),
+                    None => continue,
+                },
+                Target::Unet => (2, &self.profile.unet),
+            };
+            let graph_path = c.graph.clone();
+            let plan = Arc::new(plan);
+            computed[i] = Some(crate::runtime::Computed {
+                identity: plan.identity.clone(),
+                sources: plan.sources.clone(),
+                values: {
+                    let plan = plan.clone();
+                    Arc::new(move || graph::merged(&plan, &graph_path))
+                },
+            });
+        }
+        self.sessions.set_loras(computed);
+        self.loras = active.to_vec();
+        Ok(warnings)
+    }
+
+    /// The LoRA set merged into the graphs ([`Pipeline::set_loras`]).
+    pub fn loras(&self) -> &[crate::lora::Active] {
+        &self.loras
+    }
+
+    /// Every `<lora:…>` tag of `req` must be in the set merged, with its multipliers: a request never runs
+    /// without a LoRA it names.
+    fn check_lora_tags(&self, req: &Request) -> Result<()> {
+        for tag in req.lora_tags()? {
+            let loaded = self
+                .loras
+                .iter()
+                .any(|a| a.file.name == tag.name && a.te == tag.te && a.unet == tag.unet);
+            if !loaded {
+                return Err(crate::Error::Invalid {
+                    field: "prompt",
+                    msg: format!(
+                        "<lora:{}:{}:{}> is not loaded (Pipeline::set_loras; the CLI finds it with --lora-dir)",
+                        tag.name, tag.te, tag.unet
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The embeddings (name, file) that `req`'s prompt or negative prompt triggers, in the order they were set.
     pub fn used_embeddings(&self, req: &Request) -> Result<Vec<(String, std::path::PathBuf)>> {
         if self.embeddings.is_empty() {
@@ -343,6 +445,7 @@ impl Pipeline {
             scheduler,
             ..
         } = plan;
+        self.check_lora_tags(&req)?;
         self.interrupt.store(false, Ordering::Relaxed);
         let family = self.family;
         let mut warnings = Vec::new();

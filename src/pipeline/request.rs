@@ -357,11 +357,24 @@ fn check_size(profile: &ModelProfile, width: usize, height: usize) -> Result<()>
 }
 
 impl Request {
+    /// The prompt's `<lora:NAME:TE:UNET>` tags (A1111 syntax only; plain prompts are text as diffusers reads
+    /// them). Checked by [`Request::plan`]; the files are loaded by the caller
+    /// ([`crate::pipeline::Pipeline::set_loras`]).
+    pub fn lora_tags(&self) -> Result<Vec<crate::prompt::networks::LoraTag>> {
+        match self.text.syntax {
+            crate::prompt::PromptSyntax::A1111 => {
+                Ok(crate::prompt::networks::extra_networks(&self.prompt)?.1)
+            }
+            crate::prompt::PromptSyntax::Plain => Ok(Vec::new()),
+        }
+    }
+
     /// Validate the request against the model and build its scheduler (with `schedule` applied): the one
     /// place a request is checked. [`resolve`] ends here; [`crate::pipeline::Pipeline::generate`] calls it
     /// for requests built by hand.
     pub fn plan(self, profile: &ModelProfile) -> Result<Plan> {
         check_size(profile, self.width, self.height)?;
+        self.lora_tags()?;
         if self.steps == 0 {
             return Err(invalid("steps", "must be at least 1"));
         }

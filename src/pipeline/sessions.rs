@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::graphs::{EncoderOutput, Layer, TextEncoder, Unet, VaeDecoder, VaeEncoder};
 use crate::profile::ModelProfile;
-use crate::runtime::Runtime;
+use crate::runtime::{Computed, Runtime, SessionSpec};
 use ndarray::Array2;
 use std::sync::Arc;
 
@@ -81,6 +81,8 @@ pub(crate) struct Sessions {
     /// Textual-inversion vectors appended to each text encoder's token table (`Pipeline::set_embeddings`).
     /// (rows, the id the first row must get: the table's row count).
     token_rows: [Option<(Arc<Array2<f32>>, i64)>; 2],
+    /// LoRA-merged weights per graph: text encoder, second text encoder, UNet (`Pipeline::set_loras`).
+    loras: [Option<Computed>; 3],
     unet: Slot<Unet>,
     vae_decoder: Slot<VaeDecoder>,
     vae_encoder: Slot<VaeEncoder>,
@@ -95,6 +97,7 @@ impl Sessions {
             text_encoder: Slot::empty(),
             text_encoder_2: Slot::empty(),
             token_rows: [None, None],
+            loras: [None, None, None],
             unet: Slot::empty(),
             vae_decoder: Slot::empty(),
             vae_encoder: Slot::empty(),
@@ -118,6 +121,10 @@ impl Sessions {
         Ok(())
     }
 
+    pub(crate) fn set_memory(&mut self, memory: MemoryMode) {
+        self.memory = memory;
+    }
+
     pub(crate) fn runtime(&self) -> &Runtime {
         &self.runtime
     }
@@ -131,12 +138,14 @@ impl Sessions {
         let rt = &self.runtime;
         self.text_encoder.retain(|t| t.has_layer(layer));
         let rows = self.token_rows[0].clone();
+        let lora = self.loras[0].clone();
         self.text_encoder.get_or(|| {
             let enc = TextEncoder::load_layer(
                 rt,
                 &profile.text_encoder,
                 layer,
                 rows.as_ref().map(|r| &*r.0),
+                lora.as_ref(),
             )?;
             check_ids(&enc, rows.as_ref())?;
             Ok(enc)
@@ -151,6 +160,7 @@ impl Sessions {
         let rt = &self.runtime;
         self.text_encoder_2.retain(|t| t.has_layer(layer));
         let rows = self.token_rows[1].clone();
+        let lora = self.loras[1].clone();
         self.text_encoder_2.get_or(|| {
             let c = profile
                 .xl
@@ -159,7 +169,8 @@ impl Sessions {
                 .ok_or_else(|| {
                     Error::model(&profile.dir, "has no text_encoder_2 (not an SDXL folder)")
                 })?;
-            let enc = TextEncoder::load_layer(rt, c, layer, rows.as_ref().map(|r| &*r.0))?;
+            let enc =
+                TextEncoder::load_layer(rt, c, layer, rows.as_ref().map(|r| &*r.0), lora.as_ref())?;
             check_ids(&enc, rows.as_ref())?;
             Ok(enc)
         })
@@ -167,8 +178,11 @@ impl Sessions {
 
     pub(crate) fn unet(&mut self, profile: &ModelProfile) -> Result<&mut Unet> {
         let rt = &self.runtime;
+        let lora = self.loras[2].clone();
         self.unet.get_or(|| {
-            let unet = Unet::load(rt, &profile.unet)?;
+            let mut spec = SessionSpec::plain(&profile.unet);
+            spec.computed = lora;
+            let unet = Unet::load_spec(rt, &spec)?;
             unet.check_against(profile)?;
             Ok(unet)
         })
@@ -200,6 +214,22 @@ impl Sessions {
         self.token_rows = rows;
         self.text_encoder.clear();
         self.text_encoder_2.clear();
+    }
+
+    /// Merge these LoRA weights into the graphs from now on (text encoder, second text encoder, UNet); the
+    /// sessions whose weights change are reopened when next needed.
+    pub(crate) fn set_loras(&mut self, loras: [Option<Computed>; 3]) {
+        let id = |c: &Option<Computed>| c.as_ref().map(|c| c.identity.clone());
+        for (i, new) in loras.into_iter().enumerate() {
+            if id(&self.loras[i]) != id(&new) {
+                match i {
+                    0 => self.text_encoder.clear(),
+                    1 => self.text_encoder_2.clear(),
+                    _ => self.unet.clear(),
+                }
+            }
+            self.loras[i] = new;
+        }
     }
 
     /// What the VAE encoder returns (known once it has been loaded).

@@ -4,6 +4,7 @@
 //! stage runs the text encoder on each chunk and calls [`Emphasis::apply`] on what it returns.
 
 pub mod chunk;
+pub mod networks;
 pub mod parse;
 
 use crate::error::{Error, Result};
@@ -206,7 +207,9 @@ impl Triggers {
 /// `text` in A1111's chunks for `tok`: parsed, each piece tokenized on its own (as A1111 calls the tokenizer
 /// on the list of pieces), embeddings' triggers replaced by their vectors, laid out 75 tokens at a time.
 pub fn chunks(tok: &ClipTokenizer, text: &str, triggers: &Triggers) -> Result<Vec<Chunk>> {
-    let pieces = parse::parse_attention(text)?;
+    // Extra-network tags (`<lora:…>`) first, as A1111 takes them out before parsing.
+    let (text, _) = networks::extra_networks(text)?;
+    let pieces = parse::parse_attention(&text)?;
     let mut tokenized = Vec::with_capacity(pieces.len());
     for p in pieces {
         tokenized.push(match p {

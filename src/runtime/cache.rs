@@ -44,10 +44,11 @@ pub fn graph_cache_path(rt: &Runtime, spec: &SessionSpec) -> Option<PathBuf> {
         rt.version,
         rt.threads
     );
-    // Overridden initializers are baked into the optimised graph: they are part of its identity.
-    if !spec.identity.is_empty() || !spec.overrides.is_empty() {
+    // Replaced initializers are baked into the optimised graph: they are part of its identity.
+    let identity = spec.cache_identity();
+    if !identity.is_empty() || !spec.overrides.is_empty() {
         key.push_str("|overrides:");
-        key.push_str(&spec.identity);
+        key.push_str(&identity);
         for (name, _) in &spec.overrides {
             key.push('|');
             key.push_str(name);
@@ -74,6 +75,29 @@ pub(crate) fn source_stamp(graph: &Path) -> Option<String> {
     Some(format!("{}\n{}\n{mtime}", canon.display(), meta.len()))
 }
 
+/// What an entry records about its sources: the graph's stamp, then (after a `+` line each) `replaced` when the
+/// graph or its weights were replaced, and the stamp of every file the replaced weights came from (LoRA files).
+pub(crate) fn entry_stamp(spec: &SessionSpec) -> Option<String> {
+    let mut s = source_stamp(&spec.component.graph)?;
+    if !spec.is_plain() {
+        s.push_str(REPLACED);
+    }
+    if let Some(c) = &spec.computed {
+        for f in &c.sources {
+            s.push_str("\n+\n");
+            s.push_str(&source_stamp(f)?);
+        }
+    }
+    Some(s)
+}
+
+/// The mark of an entry whose graph or weights were replaced (clip skip, embeddings, LoRA).
+const REPLACED: &str = "\n+\nreplaced";
+
+/// Entries with replaced graphs or weights (LoRA sets, embeddings, clip skip) kept per folder; the least recently used beyond this are removed
+/// (each is as large as the graph).
+pub const MAX_REPLACED_ENTRIES: usize = 6;
+
 /// Remove one entry's files (`.onnx`, `.data`, `.source`).
 pub(crate) fn remove_entry(graph: &Path) {
     for ext in ["onnx", "data", "source"] {
@@ -81,12 +105,14 @@ pub(crate) fn remove_entry(graph: &Path) {
     }
 }
 
-/// Remove the cache entries (`.onnx`, `.data`, `.source`) whose source graph no longer exists or has changed
-/// since it was optimised. Entries without a `.source` record are left alone.
+/// Remove the cache entries (`.onnx`, `.data`, `.source`) whose source graph (or a LoRA file its weights came
+/// from) no longer exists or has changed since it was optimised, and the least recently used entries with
+/// replaced weights beyond [`MAX_REPLACED_ENTRIES`]. Entries without a `.source` record are left alone.
 pub fn prune_graph_cache(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
+    let mut replaced = Vec::new();
     for e in entries.filter_map(|e| e.ok()) {
         let p = e.path();
         if p.extension().and_then(|x| x.to_str()) != Some("source") {
@@ -95,10 +121,26 @@ pub fn prune_graph_cache(dir: &Path) {
         let Ok(recorded) = std::fs::read_to_string(&p) else {
             continue;
         };
-        let source = recorded.lines().next().map(PathBuf::from);
-        let current = source.as_deref().and_then(source_stamp);
-        if current.as_deref() != Some(recorded.as_str()) {
+        let parts: Vec<&str> = recorded.split("\n+\n").collect();
+        let current = |part: &str| {
+            if part == "replaced" {
+                return true;
+            }
+            let source = part.lines().next().map(PathBuf::from);
+            source.as_deref().and_then(source_stamp).as_deref() == Some(part)
+        };
+        if !parts.iter().all(|part| current(part)) {
             remove_entry(&p);
+        } else if parts.len() > 1 {
+            let used = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            replaced.push((used, p));
         }
+    }
+    replaced.sort_by_key(|e| std::cmp::Reverse(e.0));
+    for (_, p) in replaced.into_iter().skip(MAX_REPLACED_ENTRIES) {
+        remove_entry(&p);
     }
 }

@@ -6,6 +6,7 @@ mod cache;
 mod library;
 mod providers;
 
+pub use cache::MAX_REPLACED_ENTRIES;
 pub(crate) use cache::source_stamp as cache_stamp;
 pub use cache::{default_cache_dir, graph_cache_path, prune_graph_cache};
 pub use library::{
@@ -75,20 +76,40 @@ impl Default for RuntimeConfig {
 
 /// One session to create: a component's graph, with named initializers replaced by other values (LoRA-merged
 /// weights, edited embeddings), and what identifies those values for the optimised-graph cache.
+///
+/// Replacements are made before ONNX Runtime optimises the graph (external-data initializers through
+/// `AddExternalInitializers`, inline ones by editing the graph in memory): after optimisation a weight may be
+/// folded, cast or re-laid out, and a late override (`AddInitializer`) would be silently dropped.
 #[derive(Clone)]
 pub struct SessionSpec {
     /// The graph.
     pub component: Component,
     /// (initializer name, value of the graph's shape and element type), applied at session creation.
     pub overrides: Vec<(String, Arc<DynValue>)>,
+    /// Replacements computed only when the graph has to be built (not when a cached one is loaded): LoRA merges.
+    pub computed: Option<Computed>,
     /// The graph edited in memory ([`crate::onnx_edit`]), loaded instead of the component's file; its
     /// external data is read from the file's folder. `identity` says what the edit was.
     pub edited: Option<Arc<[u8]>>,
-    /// A stable description of what the overrides are (e.g. `lora:style.safetensors@<mtime>*0.8`); part of the
-    /// cache key ([`graph_cache_path`]), so differently overridden graphs never share an entry. Empty without
-    /// overrides. (Overridden sessions are not cached today: see [`Runtime::open_spec`].)
+    /// A stable description of the overrides and the edit (e.g. `test:bias=5`), complete enough that equal
+    /// identities mean equal graphs: part of the cache key ([`graph_cache_path`]). Overrides or an edit without
+    /// one are never cached.
     pub identity: String,
 }
+
+/// Initializer values computed on demand, and what identifies them.
+#[derive(Clone)]
+pub struct Computed {
+    /// What the values are (file stamps and multipliers): part of the cache key.
+    pub identity: String,
+    /// Files the values come from: a cache entry is removed when one of them changes or goes.
+    pub sources: Vec<PathBuf>,
+    /// The values.
+    pub values: Arc<ComputeFn>,
+}
+
+/// What computes [`Computed`] values.
+pub type ComputeFn = dyn Fn() -> Result<Vec<(String, Arc<DynValue>)>> + Send + Sync;
 
 impl SessionSpec {
     /// The component's graph as exported.
@@ -96,10 +117,31 @@ impl SessionSpec {
         SessionSpec {
             component: component.clone(),
             overrides: Vec::new(),
+            computed: None,
             edited: None,
             identity: String::new(),
         }
     }
+
+    /// Whether anything replaces the exported graph or its weights.
+    pub fn is_plain(&self) -> bool {
+        self.overrides.is_empty() && self.computed.is_none() && self.edited.is_none()
+    }
+
+    /// The cache identity: the spec's own and the computed values'.
+    pub fn cache_identity(&self) -> String {
+        match &self.computed {
+            Some(c) if self.identity.is_empty() => c.identity.clone(),
+            Some(c) => format!("{}|{}", self.identity, c.identity),
+            None => self.identity.clone(),
+        }
+    }
+}
+
+/// What a session is built from once replacements are made.
+enum Source {
+    File,
+    Memory(Arc<[u8]>),
 }
 
 /// The component that `--cuda-graph` applies to.
@@ -347,14 +389,12 @@ impl Runtime {
                 ))
             })?;
         }
-        // ONNX Runtime writes an optimised graph with the initializers of the source file, not the overriding
-        // values, so an overridden session is optimised from its source every time (measured: a cached entry
-        // reloaded gave the plain graph's outputs).
+        // Replacements are baked into the optimised graph, so a replaced graph is cached only under an identity
+        // that says what replaced it.
         let cached = if choice.provider == Provider::Cpu
             && self.config.graph_cache
             && use_cache
-            && spec.overrides.is_empty()
-            && spec.edited.is_none()
+            && (spec.is_plain() || !spec.cache_identity().is_empty())
         {
             graph_cache_path(self, spec).filter(|path| {
                 let dir = path.parent().unwrap_or(Path::new("."));
@@ -371,11 +411,6 @@ impl Runtime {
         } else {
             None
         };
-        for (name, value) in &spec.overrides {
-            builder = builder
-                .with_initializer(name, value.clone())
-                .map_err(Error::ort(format!("{context}: initializer `{name}`")))?;
-        }
         match cached {
             Some(path) if path.is_file() => {
                 let loaded = builder
@@ -383,7 +418,14 @@ impl Runtime {
                     .map_err(Error::ort(&context))?
                     .commit_from_file(&path);
                 match loaded {
-                    Ok(session) => Ok(session),
+                    Ok(session) => {
+                        // Used: keep it among the newest when the cache is trimmed.
+                        let _ = std::fs::File::options()
+                            .append(true)
+                            .open(path.with_extension("source"))
+                            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                        Ok(session)
+                    }
                     Err(e) => {
                         // A damaged entry (truncated by a full disk, edited by hand): discard it and rebuild.
                         cache::remove_entry(&path);
@@ -395,27 +437,73 @@ impl Runtime {
                     }
                 }
             }
-            Some(path) => self.create_cached(builder, spec, capture, &path),
-            None if spec.edited.is_some() => {
-                let dir = graph.parent().unwrap_or(Path::new("."));
-                let bytes = spec.edited.as_deref().unwrap_or_default();
-                builder
+            Some(path) => {
+                let (builder, source) = self.prepare(builder, spec)?;
+                self.create_cached(builder, spec, capture, &path, source)
+            }
+            None => {
+                let (builder, source) = self.prepare(builder, spec)?;
+                let builder = builder
                     .with_optimization_level(GraphOptimizationLevel::All)
-                    .map_err(Error::ort(&context))?
-                    .with_config_entry(
-                        "session.model_external_initializers_file_folder_path",
-                        dir.to_string_lossy(),
-                    )
-                    .map_err(Error::ort(&context))?
-                    .commit_from_memory(bytes)
+                    .map_err(Error::ort(&context))?;
+                commit(builder, spec, &source)
                     .map_err(|e| load_error(component, choice.provider, e))
             }
-            None => builder
-                .with_optimization_level(GraphOptimizationLevel::All)
-                .map_err(Error::ort(&context))?
-                .commit_from_file(graph)
-                .map_err(|e| load_error(component, choice.provider, e)),
         }
+    }
+
+    /// Make the spec's replacements: external-data initializers through the builder, inline ones in an edited
+    /// copy of the graph.
+    fn prepare(
+        &self,
+        mut builder: ort::session::builder::SessionBuilder,
+        spec: &SessionSpec,
+    ) -> Result<(ort::session::builder::SessionBuilder, Source)> {
+        let graph = &spec.component.graph;
+        let context = graph.display().to_string();
+        let mut values = spec.overrides.clone();
+        if let Some(c) = &spec.computed {
+            values.extend((c.values)()?);
+        }
+        if values.is_empty() {
+            return Ok((
+                builder,
+                spec.edited.clone().map_or(Source::File, Source::Memory),
+            ));
+        }
+        let mut model = match &spec.edited {
+            Some(bytes) => {
+                crate::onnx_edit::Model::decode(bytes::Bytes::copy_from_slice(bytes), graph)?
+            }
+            None => crate::onnx_edit::Model::read(graph)?,
+        };
+        let mut edited = false;
+        for (name, value) in values {
+            let init = model
+                .graph_mut()
+                .initializer
+                .iter_mut()
+                .find(|t| t.name.as_deref() == Some(name.as_str()));
+            let Some(init) = init else {
+                return Err(Error::model(graph, format!("has no initializer `{name}`")));
+            };
+            if init.data_location == Some(1) {
+                builder = builder
+                    .with_external_initializer(&name, value)
+                    .map_err(Error::ort(format!("{context}: initializer `{name}`")))?;
+            } else {
+                init.raw_data = Some(value_bytes(&value, &context, &name)?.into());
+                init.float_data.clear();
+                init.int32_data.clear();
+                edited = true;
+            }
+        }
+        let source = if edited {
+            Source::Memory(Arc::from(model.encode()))
+        } else {
+            spec.edited.clone().map_or(Source::File, Source::Memory)
+        };
+        Ok((builder, source))
     }
 
     /// Optimise the graph and write the result as the cache entry `path`; if that fails, run without the cache.
@@ -425,6 +513,7 @@ impl Runtime {
         spec: &SessionSpec,
         capture: bool,
         path: &Path,
+        source: Source,
     ) -> Result<Session> {
         let graph = &spec.component.graph;
         let context = graph.display().to_string();
@@ -451,8 +540,8 @@ impl Runtime {
             )
             .map_err(Error::ort(&context))?
             .with_optimized_model_path(&tmp)
-            .map_err(Error::ort(&context))?
-            .commit_from_file(graph);
+            .map_err(Error::ort(&context))?;
+        let written = commit(written, spec, &source);
         let session = match written {
             Ok(session) => session,
             Err(e) => {
@@ -470,7 +559,7 @@ impl Runtime {
         };
         if std::fs::rename(&tmp, path).is_err() {
             let _ = std::fs::remove_file(&tmp);
-        } else if let Some(stamp) = cache::source_stamp(graph) {
+        } else if let Some(stamp) = cache::entry_stamp(spec) {
             // Remember which graph this entry optimises, so that entries of graphs since moved,
             // deleted or re-exported are removed instead of piling up (they are as large as models).
             let _ = std::fs::write(path.with_extension("source"), stamp);
@@ -480,6 +569,40 @@ impl Runtime {
         }
         Ok(session)
     }
+}
+
+/// Create the session from the graph file or the edited bytes (external data from the file's folder).
+fn commit(
+    mut builder: ort::session::builder::SessionBuilder,
+    spec: &SessionSpec,
+    source: &Source,
+) -> std::result::Result<Session, ort::Error> {
+    let graph = &spec.component.graph;
+    match source {
+        Source::File => builder.commit_from_file(graph),
+        Source::Memory(bytes) => {
+            let dir = graph.parent().unwrap_or(Path::new("."));
+            builder
+                .with_config_entry(
+                    "session.model_external_initializers_file_folder_path",
+                    dir.to_string_lossy(),
+                )
+                .map_err(ort::Error::<()>::from)?
+                .commit_from_memory(bytes)
+        }
+    }
+}
+
+/// A tensor's bytes, little-endian, for an inline initializer.
+fn value_bytes(value: &DynValue, context: &str, name: &str) -> Result<Vec<u8>> {
+    let ctx = || format!("{context}: initializer `{name}`");
+    if let Ok((_, d)) = value.try_extract_tensor::<f32>() {
+        return Ok(d.iter().flat_map(|v| v.to_le_bytes()).collect());
+    }
+    let (_, d) = value
+        .try_extract_tensor::<half::f16>()
+        .map_err(Error::ort(ctx()))?;
+    Ok(d.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// ONNX Runtime could not create a session from a user's graph. On the CPU provider that is the file's fault
