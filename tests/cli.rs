@@ -1386,6 +1386,7 @@ fn loras_from_the_command_line() {
         );
         let png = std::fs::read(&out).unwrap();
         let text = String::from_utf8_lossy(&png);
+        // A1111's short hash: SHA-256 of the file after its header (addnet_hash_safetensors), first 12 digits.
         assert!(
             text.contains("Lora hashes: \"style: a70081fa12a4\""),
             "{extra:?}"

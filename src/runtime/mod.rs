@@ -332,8 +332,9 @@ impl Runtime {
         self.open_spec(&SessionSpec::plain(component))
     }
 
-    /// [`Runtime::open`] with the spec's initializer overrides applied. Such sessions bypass the
-    /// optimised-graph cache: ONNX Runtime saves the source file's initializers, not the overrides.
+    /// [`Runtime::open`] with the spec's replacements made before optimisation. On the CPU such a session is
+    /// cached under its own key when the spec has an identity ([`SessionSpec::cache_identity`]), else built
+    /// every time.
     pub fn open_spec(&self, spec: &SessionSpec) -> Result<OpenedSession> {
         let component = &spec.component;
         if !self.config.captures(component.name) {
