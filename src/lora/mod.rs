@@ -248,6 +248,8 @@ const SUFFIXES: &[(&str, &str)] = &[
     (".lora_B.weight", "up"),
     (".lora.down.weight", "down"),
     (".lora.up.weight", "up"),
+    ("_lora.down.weight", "down"),
+    ("_lora.up.weight", "up"),
     (".hada_w1_a", "hada_w1_a"),
     (".hada_w1_b", "hada_w1_b"),
     (".hada_w2_a", "hada_w2_a"),
@@ -458,7 +460,7 @@ fn parse_modules(
 }
 
 /// Which graph a key prefix belongs to, and the module path after the prefix.
-fn locate(prefix: &str) -> Option<(Target, &str)> {
+fn locate(prefix: &str) -> Option<(Target, String)> {
     const PREFIXES: &[(&str, Target)] = &[
         ("lora_unet_", Target::Unet),
         ("lora_te1_", Target::TextEncoder),
@@ -472,8 +474,13 @@ fn locate(prefix: &str) -> Option<(Target, &str)> {
         .iter()
         .find_map(|(p, t)| prefix.strip_prefix(p).map(|rest| (*t, rest)))
         .map(|(t, rest)| {
-            // Old diffusers attention-processor keys: `…attn1.processor.to_q_lora` is `…attn1.to_q`.
-            (t, rest.strip_suffix(".lora").unwrap_or(rest))
+            // Old diffusers attention-processor keys (before 0.20): `…attn1.processor.to_q_lora.down.weight` is
+            // `…attn1.to_q`, and `to_out_lora` is `to_out.0`.
+            let mut path = rest.replace(".processor.", ".");
+            if let Some(head) = path.strip_suffix("to_out") {
+                path = format!("{head}to_out.0");
+            }
+            (t, path)
         })
 }
 
@@ -650,11 +657,24 @@ mod tests {
     fn prefixes_say_the_graph() {
         assert_eq!(
             locate("lora_te2_text_model_encoder_layers_0_mlp_fc1"),
-            Some((Target::TextEncoder2, "text_model_encoder_layers_0_mlp_fc1"))
+            Some((
+                Target::TextEncoder2,
+                "text_model_encoder_layers_0_mlp_fc1".into()
+            ))
         );
         assert_eq!(
             locate("unet.down_blocks.0.attentions.0.proj_in"),
-            Some((Target::Unet, "down_blocks.0.attentions.0.proj_in"))
+            Some((Target::Unet, "down_blocks.0.attentions.0.proj_in".into()))
+        );
+        // The old attention-processor spelling, with its factor suffix removed by SUFFIXES.
+        let key = "unet.mid_block.attentions.0.transformer_blocks.0.attn2.processor.to_out_lora.down.weight";
+        let (suffix, _) = SUFFIXES.iter().find(|(s, _)| key.ends_with(s)).unwrap();
+        assert_eq!(
+            locate(&key[..key.len() - suffix.len()]),
+            Some((
+                Target::Unet,
+                "mid_block.attentions.0.transformer_blocks.0.attn2.to_out.0".into()
+            ))
         );
         assert_eq!(locate("model.diffusion_model.x"), None);
     }
