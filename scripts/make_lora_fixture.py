@@ -13,6 +13,7 @@ Writes tests/fixtures/loras/ (seeded random low-rank weights sized for the bundl
                            3x3 conv (two of them with a LyCORIS `lora_mid` Tucker core)
   loha.safetensors         LyCORIS LoHa (hada_w1_a/b, hada_w2_a/b, alpha) on attention and two 3x3 convs
   lokr.safetensors         LyCORIS LoKr (lokr_w1 full, lokr_w2_a/b decomposed; one module with both full)
+  sd2/sd2-style.safetensors  kohya LoRA for onnx/sd2-tiny-optimum (ss_base_model_version "sd_v2")
   xl/xl-style.safetensors  SDXL kohya LoRA in SGM block names (input_blocks/middle_block/output_blocks),
                            lora_te1_/lora_te2_; ss_base_model_version "sdxl_base_v1-0"
 and tests/fixtures/lora/cases.json + per case the image and final latents. References: diffusers'
@@ -259,8 +260,93 @@ def apply(pipe, deltas, te, unet):
             m.weight += (unet if comp == "unet" else te) * d
 
 
+def build_sd2(work: Path):
+    """A tiny SD 2.x-shaped pipeline: linear proj_in/proj_out (`use_linear_projection`), per-block head counts,
+    a GELU text encoder (OpenCLIP in transformers' CLIPTextModel form) and a tokenizer padding with "!", as
+    stabilityai/stable-diffusion-2-1-base has them; exported by optimum to onnx/sd2-tiny-optimum (no VAE encoder:
+    txt2img only)."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(2)
+    width = 16
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=width, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=[8, 8, 16, 16], in_channels=3, out_channels=3,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                        latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=64)
+    te = CLIPTextModel(CLIPTextConfig(bos_token_id=49406, eos_token_id=49407, pad_token_id=0, hidden_size=width,
+                                      intermediate_size=2 * width, num_attention_heads=2, num_hidden_layers=2,
+                                      vocab_size=49408, max_position_embeddings=77, hidden_act="gelu"))
+    with torch.no_grad():
+        for module in (unet, vae, te):
+            for p in module.parameters():
+                if p.abs().max() == 0:
+                    p.normal_(0, 0.02)
+        probe = unet(torch.randn(2, 4, 8, 8), torch.tensor(500.0), torch.randn(2, 77, width)).sample.std()
+        unet.conv_out.weight.mul_(1.0 / probe)
+        unet.conv_out.bias.mul_(1.0 / probe)
+    tok_dir = work / "clip_vocab"
+    mf.write_clip_vocab(tok_dir)
+    tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), pad_token="!", model_max_length=77)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
+                                   scheduler=PNDMScheduler.from_config(mf.SD15_SCHEDULER), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pt_dir = work / "pt-sd2"
+    pipe.save_pretrained(pt_dir)
+    return pt_dir
+
+
+def make_sd2(tmp: Path):
+    """onnx/sd2-tiny-optimum, its LoRA and one reference (`python scripts/make_lora_fixture.py --sd2`)."""
+    import diffusers
+    from safetensors.torch import save_file
+
+    pt_dir = build_sd2(tmp)
+    out = mf.ONNX_DIR / "sd2-tiny-optimum"
+    shutil.rmtree(out, ignore_errors=True)
+    mf.export_optimum_layout(pt_dir, out)
+    shutil.rmtree(out / "vae_encoder", ignore_errors=True)
+    p = diffusers.StableDiffusionPipeline.from_pretrained(pt_dir)
+    p.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(2014)
+    kohya = {}
+    for comp, model, prefix, suffixes in (("unet", p.unet, "lora_unet_", ATTN),
+                                          ("text_encoder", p.text_encoder, "lora_te_", TE)):
+        for name, m in targets(model, suffixes):
+            down, up = lora_pair(g, m, RANK)
+            k = kohya_name(prefix, name)
+            kohya[f"{k}.lora_down.weight"], kohya[f"{k}.lora_up.weight"] = down, up
+            kohya[f"{k}.alpha"] = torch.tensor(ALPHA)
+    (LORAS / "sd2").mkdir(parents=True, exist_ok=True)
+    f = LORAS / "sd2" / "sd2-style.safetensors"
+    save_file({k: v.contiguous() for k, v in kohya.items()}, f, metadata={"ss_base_model_version": "sd_v2"})
+    c = mp.defaults({"name": "sd2_kohya", "prompt": "a cube <lora:sd2-style:0.8>"})
+    c["scheduler"] = "euler"
+    p.scheduler = diffusers.EulerDiscreteScheduler.from_config(p.scheduler.config)
+    p.load_lora_weights(str(f))
+    p.fuse_lora(lora_scale=0.8)
+    p.unload_lora_weights()
+    call = lambda o: p("a cube", num_inference_steps=c["steps"], guidance_scale=c["guidance"], width=64, height=64,
+                       generator=torch.Generator("cpu").manual_seed(c["seed"]), output_type=o).images
+    images, latents = call("np"), call("latent")
+    c["model"], c["lora_dir"] = "onnx/sd2-tiny-optimum", "tests/fixtures/loras/sd2"
+    c["latents_shape"] = list(latents.shape)
+    mf.save_reference(OUT, c, images, latents)
+    doc = json.loads((OUT / "cases.json").read_text())
+    doc["cases"] = [x for x in doc["cases"] if x["name"] != "sd2_kohya"] + [c]
+    (OUT / "cases.json").write_text(json.dumps(doc, indent=1))
+
+
 def main():
     import diffusers
+
+    if "--sd2" in sys.argv:
+        with tempfile.TemporaryDirectory() as tmp:
+            make_sd2(Path(tmp))
+        return
 
     import make_sdxl_fixture as xl
 
@@ -316,6 +402,7 @@ def main():
             mf.save_reference(OUT, c, images, latents)
             manifest.append(c)
         mf.write_manifest(OUT, manifest, "per case")
+        make_sd2(tmp)
         print("  xl deltas:", len(xl_deltas), "sd files:", sorted(p.name for p in LORAS.rglob("*.safetensors")))
 
 

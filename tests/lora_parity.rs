@@ -1,7 +1,8 @@
 //! LoRA merged into the exported graphs at session creation (tests/fixtures/lora, scripts/make_lora_fixture.py):
 //! kohya and diffusers/PEFT files of the same LoRA, weights 1, 0.6 and negative, text-encoder-only and
 //! UNet-only (`<lora:NAME:TE:UNET>`), LoCon convolutions (with a Tucker core), two LoRAs at once, LoHa and LoKr,
-//! both export layouts and SDXL (kohya SGM names, `lora_te1_`/`lora_te2_`), against diffusers'
+//! both export layouts, an SD 2.x-shaped export (onnx/sd2-tiny-optimum: linear proj_in/proj_out, GELU text
+//! encoder) and SDXL (kohya SGM names, `lora_te1_`/`lora_te2_`), against diffusers'
 //! `load_lora_weights` + `fuse_lora(lora_scale=w)` or the published merge on the PyTorch weights.
 //!
 //! Bar: as every parity test, images mean |diff| <= 1 and max <= 8 levels, latents within 2e-3. And the LoRA

@@ -16,7 +16,7 @@
 # background processes between calls); PHASE=measure then skips it when /tmp/sd15f exists.
 # Carrying: a device call takes the working tree plus what it carries within 64 MiB. The tree is ~68 MB, so move
 # the fixtures this script does not use aside first (everything under onnx/ but sd-tiny-optimum and sd-tiny-fp16:
-# `mkdir -p /tmp/aside && mv onnx/sd-tiny-{convert,lcm-optimum,inpaint-convert,inpaint-optimum} onnx/sdxl-tiny-optimum /tmp/aside/`),
+# `mkdir -p /tmp/aside && mv onnx/sd-tiny-{convert,lcm-optimum,inpaint-convert,inpaint-optimum} onnx/sdxl-tiny-optimum onnx/sd2-tiny-optimum /tmp/aside/`),
 # stage ONNX Runtime GPU in parts of <= 24 MB, and move them back afterwards.
 set -uo pipefail
 BIN=${BIN:-target/release/sd-onnx}
