@@ -318,7 +318,7 @@ impl LoraFile {
             d.iter().map(|b| format!("{b:02x}")).collect::<String>()[..12].to_string()
         };
         let stamp = crate::runtime::cache_stamp(path).unwrap_or_else(|| path.display().to_string());
-        let (modules, convention) = parse_modules(path, tensors, &metadata)?;
+        let (modules, convention) = parse_modules(path, tensors)?;
         Ok(LoraFile {
             path: path.to_path_buf(),
             name,
@@ -344,7 +344,6 @@ impl LoraFile {
 fn parse_modules(
     path: &Path,
     tensors: BTreeMap<String, Tensor>,
-    _metadata: &BTreeMap<String, String>,
 ) -> Result<(Vec<Module>, &'static str)> {
     let mut groups: BTreeMap<String, BTreeMap<&'static str, Tensor>> = BTreeMap::new();
     let mut ignored = Vec::new();
@@ -451,10 +450,11 @@ fn parse_modules(
         });
     }
     let convention = match (kohya, peft, lyco) {
-        (_, true, false) if !kohya => "diffusers/PEFT",
+        (false, true, false) => "diffusers/PEFT",
         (true, false, false) => "kohya",
         (false, false, true) => "LyCORIS",
-        _ => "kohya + LyCORIS",
+        (true, false, true) => "kohya + LyCORIS",
+        _ => "mixed (diffusers/PEFT and kohya/LyCORIS keys)",
     };
     Ok((modules, convention))
 }
