@@ -38,17 +38,6 @@ STEPS = int(os.environ.get("DREAMBOOTH_STEPS", 800))
 INSTANCE, PRIOR, LR = 8, 24, 5e-5
 
 
-def renders(caption):
-    cp = next(c for c, n in train.emoji_list() if n == caption)
-    rng = np.random.default_rng(0)
-    out = [train.render(cp)]
-    for _ in range(train.AUG_PER_EMOJI - 1):
-        s = rng.uniform(0.80, 1.0)
-        dx, dy = rng.integers(-4, 5, size=2)
-        out.append(train.render(cp, s, int(dx), int(dy)))
-    return np.stack(out)
-
-
 def main():
     import torch
     from diffusers import DDPMScheduler
@@ -56,17 +45,12 @@ def main():
 
     torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", 2)))
     torch.manual_seed(0)
-    pipe, step0 = train.build_pipeline()
-    assert step0 == 8000, f"WORK/unet.pt is UNet step {step0}; onnx/sd-emoji was exported from step 8000"
+    pipe, step0 = train.committed_pipeline()
     vae, te, unet, tok = pipe.vae, pipe.text_encoder, pipe.unet, pipe.tokenizer
-    for m in (vae, te):
-        m.requires_grad_(False)
-        m.eval()
-    inst = renders(SUBJECT)
+    unet.requires_grad_(True)
+    inst = train.augmented_renders(SUBJECT)
     Image.fromarray(inst[0]).save(ROOT / "docs" / "emoji" / "holdout-unicorn-face.png")
-    with torch.no_grad():
-        d = vae.encode(train.to_tensor(inst)).latent_dist
-    i_mean, i_std = d.mean.numpy(), d.std.numpy()
+    i_mean, i_std = train.posterior(vae, inst)
     mean, std, scale = train.encode_latents()
     _, captions, _ = train.load_data()
     with torch.no_grad():

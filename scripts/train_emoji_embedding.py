@@ -22,8 +22,6 @@ be steered this way. Nothing from it is committed; a UNet LoRA (DreamBooth, issu
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_emoji_model as train  # noqa: E402
 
@@ -39,23 +37,13 @@ def main():
     from PIL import Image
 
     torch.manual_seed(0)
-    pipe, step = train.build_pipeline()
-    assert step == 8000, f"WORK/unet.pt is UNet step {step}; onnx/sd-emoji was exported from step 8000"
+    pipe, _ = train.committed_pipeline()
     vae, te, unet, tok = pipe.vae, pipe.text_encoder, pipe.unet, pipe.tokenizer
-    for m in (vae, te, unet):
-        m.requires_grad_(False)
-        m.eval()
-    cp = next(c for c, n in train.emoji_list() if n == CAPTION)
-    rng = np.random.default_rng(0)
-    renders = [train.render(cp)]
-    for _ in range(train.AUG_PER_EMOJI - 1):
-        s = rng.uniform(0.80, 1.0)
-        dx, dy = rng.integers(-4, 5, size=2)
-        renders.append(train.render(cp, s, int(dx), int(dy)))
+    renders = train.augmented_renders(CAPTION)
     OUT.mkdir(parents=True, exist_ok=True)
     Image.fromarray(renders[0]).save(OUT / f"holdout-{NAME}.png")
     with torch.no_grad():
-        dist = vae.encode(train.to_tensor(np.stack(renders))).latent_dist
+        dist = vae.encode(train.to_tensor(renders)).latent_dist
     mean, std, scale = dist.mean, dist.std, vae.config.scaling_factor
 
     init_ids = tok(INIT, add_special_tokens=False).input_ids

@@ -45,21 +45,12 @@ def pixelate(images_u8):
 
 
 def pixel_latents(vae):
-    import torch
-
     path = train.WORK / "latents-pixel-art.npz"
     if path.exists():
         d = np.load(path)
         return d["mean"], d["std"]
     images, _, _ = train.load_data()
-    flat = pixelate(images.reshape(-1, 64, 64, 3))
-    means, stds = [], []
-    with torch.no_grad():
-        for i in range(0, len(flat), 256):
-            d = vae.encode(train.to_tensor(flat[i:i + 256])).latent_dist
-            means.append(d.mean.numpy()), stds.append(d.std.numpy())
-    mean = np.concatenate(means).reshape(images.shape[0], images.shape[1], 4, 16, 16)
-    std = np.concatenate(stds).reshape(mean.shape)
+    mean, std = train.posterior(vae, pixelate(images.reshape(-1, 64, 64, 3)).reshape(images.shape))
     np.savez(path, mean=mean, std=std)
     return mean, std
 
@@ -74,12 +65,8 @@ def main():
 
     torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", 2)))
     torch.manual_seed(0)
-    pipe, step0 = train.build_pipeline()
-    assert step0 == 8000, f"WORK/unet.pt is UNet step {step0}; onnx/sd-emoji was exported from step 8000"
+    pipe, step0 = train.committed_pipeline()
     vae, te, unet, tok = pipe.vae, pipe.text_encoder, pipe.unet, pipe.tokenizer
-    for m in (vae, te, unet):
-        m.requires_grad_(False)
-        m.eval()
     mean, std = pixel_latents(vae)
     scale = vae.config.scaling_factor
     images, captions, _ = train.load_data()

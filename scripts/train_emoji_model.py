@@ -223,6 +223,33 @@ def phase_vae():
             ck.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
 
 
+def posterior(vae, images_u8):
+    """The VAE's posterior means and stds of uint8 images (..., 64, 64, 3): arrays of shape (..., 4, 16, 16)."""
+    import torch
+
+    flat = images_u8.reshape(-1, 64, 64, 3)
+    means, stds = [], []
+    with torch.no_grad():
+        for i in range(0, len(flat), 256):
+            d = vae.encode(to_tensor(flat[i : i + 256])).latent_dist
+            means.append(d.mean.numpy()), stds.append(d.std.numpy())
+    shape = images_u8.shape[:-3] + (4, 16, 16)
+    return np.concatenate(means).reshape(shape), np.concatenate(stds).reshape(shape)
+
+
+def augmented_renders(caption):
+    """AUG_PER_EMOJI renders of one emoji (a held-out one too): the plain render, then the training set's
+    augmentation (scale 0.80-1.0, shift up to 4 px), seeded the same for every caption."""
+    cp = next(c for c, n in emoji_list() if n == caption)
+    rng = np.random.default_rng(0)
+    out = [render(cp)]
+    for _ in range(AUG_PER_EMOJI - 1):
+        s = rng.uniform(0.80, 1.0)
+        dx, dy = rng.integers(-4, 5, size=2)
+        out.append(render(cp, s, int(dx), int(dy)))
+    return np.stack(out)
+
+
 def encode_latents():
     """Posterior means and stds of every training image, and SD's scaling factor (1 / std of the latents)."""
     import torch
@@ -235,14 +262,7 @@ def encode_latents():
     vae = make_vae()
     vae.load_state_dict(torch.load(WORK / "vae.pt", weights_only=False)["model"])
     vae.eval()
-    flat = images.reshape(-1, 64, 64, 3)
-    means, stds = [], []
-    with torch.no_grad():
-        for i in range(0, len(flat), 256):
-            d = vae.encode(to_tensor(flat[i : i + 256])).latent_dist
-            means.append(d.mean.numpy()), stds.append(d.std.numpy())
-    mean = np.concatenate(means).reshape(images.shape[0], images.shape[1], 4, 16, 16)
-    std = np.concatenate(stds).reshape(mean.shape)
+    mean, std = posterior(vae, images)
     scale = float(1.0 / mean.std())
     np.savez(path, mean=mean, std=std, scale=scale)
     print(f"latents: scaling_factor {scale:.5f}", flush=True)
@@ -338,6 +358,16 @@ def build_pipeline(use_ema=True):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe, st["step"]
+
+
+def committed_pipeline():
+    """The pipeline onnx/sd-emoji was exported from (EMA weights, UNet step 8000: checked), every part frozen."""
+    pipe, step = build_pipeline()
+    assert step == 8000, f"WORK/unet.pt is UNet step {step}; onnx/sd-emoji was exported from step 8000"
+    for m in (pipe.vae, pipe.text_encoder, pipe.unet):
+        m.requires_grad_(False)
+        m.eval()
+    return pipe, step
 
 
 def phase_save():

@@ -448,7 +448,7 @@ impl Runtime {
                 // optimised it: that one keeps what it built from (the export's weights before layout
                 // transforms, and replacement values, which ONNX Runtime uses in place from
                 // `AddExternalInitializers`). Measured on full SD 1.5 (docs/PERFORMANCE.md): a first start's
-                // peak RSS 11.4 -> 10.x GB, with a LoRA 12.7 -> 10.5 GB, for one load of the entry.
+                // peak RSS 11.4 -> 10.1 GB, with a LoRA 12.7 -> 10.5 GB, for one load of the entry.
                 drop(session);
                 let builder = self.builder(spec, capture)?;
                 match load_cached(builder, &path, &context)? {
