@@ -1,7 +1,17 @@
 #!/usr/bin/env python3
 """ONNX Runtime's transformer optimizer over an exported SD folder, then float16: the GPU-fast variant.
+Or, with --int8, the CPU variant: int8 weights for the UNet's and text encoder's linear layers.
 
     python scripts/optimize_onnx.py IN_DIR OUT_DIR [--no-fp16] [--keep-fp32-vae]
+    python scripts/optimize_onnx.py IN_DIR OUT_DIR --int8
+
+--int8 (for the CPU provider): `onnxruntime.quantization.quantize_dynamic` on the UNet and the text encoder(s),
+MatMuls with a constant weight only (`MatMulConstBOnly`: attention's Q.K^T and P.V stay float32, so sd-onnx still
+fuses them), weights int8 per output channel (`per_channel`, symmetric), activations quantized per call
+(`DynamicQuantizeLinear` -> `MatMulInteger`). Convolutions stay float32 (dynamic `ConvInteger` is several times
+slower than ONNX Runtime's float32 NCHWc convolution on the CPU) and so does the VAE (copied unchanged: it is
+what shows quantisation error most). `sd-onnx inspect` reports such graphs as "int8". Measured speed, memory
+and image difference against float32: docs/PERFORMANCE.md.
 
 For each graph (unet: model_type "unet", vae_*: "vae", text_encoder: "clip") it runs
 `onnxruntime.transformers.optimizer.optimize_model` (attention, GroupNorm, GELU, bias-add fusions), converts to
@@ -36,20 +46,13 @@ def main():
     ap.add_argument("dst")
     ap.add_argument("--no-fp16", action="store_true")
     ap.add_argument("--keep-fp32-vae", action="store_true")
+    ap.add_argument("--int8", action="store_true", help="int8 linear weights for the CPU (see the docstring)")
     a = ap.parse_args()
     src, dst = Path(a.src), Path(a.dst)
     dst.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
-        if item.name not in MODEL_TYPES:
-            (shutil.copytree if item.is_dir() else shutil.copy)(item, dst / item.name)
-    for comp, model_type in MODEL_TYPES.items():
-        graph = src / comp / "model.onnx"
-        if not graph.is_file():
-            continue
-        out = dst / comp
-        out.mkdir(parents=True, exist_ok=True)
-        for extra in (src / comp).glob("*.json"):
-            shutil.copy(extra, out / extra.name)
+    if a.int8:
+        return int8(src, dst)
+    for comp, model_type, graph, out in components(src, dst, MODEL_TYPES):
         options = FusionOptions(model_type)
         try:
             m = optimize_model(str(graph), model_type=model_type, num_heads=0, hidden_size=0,
@@ -66,6 +69,39 @@ def main():
         print(f"{comp}: {m.get_fused_operator_statistics()}")
     if a.keep_fp32_vae and (src / "vae_decoder").is_dir():
         shutil.copytree(src / "vae_decoder", dst / "vae_decoder_fp32", dirs_exist_ok=True)
+
+
+def components(src: Path, dst: Path, rewritten: dict):
+    """Copy everything of `src` but the `rewritten` components to `dst`; yield (component, value, its graph,
+    its output folder with the component's JSON files copied) for each rewritten one the folder has."""
+    for item in src.iterdir():
+        if item.name not in rewritten:
+            if item.is_dir():
+                shutil.copytree(item, dst / item.name, dirs_exist_ok=True)
+            else:
+                shutil.copy(item, dst / item.name)
+    for comp, value in rewritten.items():
+        graph = src / comp / "model.onnx"
+        if not graph.is_file():
+            continue
+        out = dst / comp
+        out.mkdir(parents=True, exist_ok=True)
+        for extra in (src / comp).glob("*.json"):
+            shutil.copy(extra, out / extra.name)
+        yield comp, value, graph, out
+
+
+def int8(src: Path, dst: Path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantized = {"unet": None, "text_encoder": None, "text_encoder_2": None}
+    for comp, _, graph, out in components(src, dst, quantized):
+        quantize_dynamic(
+            graph, out / "model.onnx", op_types_to_quantize=["MatMul"], per_channel=True,
+            weight_type=QuantType.QInt8, use_external_data_format=True,
+            extra_options={"MatMulConstBOnly": True},
+        )
+        print(f"{comp}: int8 linear weights -> {out / 'model.onnx'}")
 
 
 if __name__ == "__main__":

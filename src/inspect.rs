@@ -23,6 +23,9 @@ pub struct ComponentReport {
     pub runs_on: Vec<&'static str>,
     /// ONNX Runtime contrib operators only GPU providers implement.
     pub gpu_only_ops: Vec<String>,
+    /// How the graph's weights are quantised, when they are: `int8` and the operators that say so
+    /// (`scripts/optimize_onnx.py --int8` writes `DynamicQuantizeLinear` + `MatMulInteger`).
+    pub quantization: Option<String>,
     /// Declared inputs and outputs, when the graph could be opened.
     pub ports: Option<(Vec<Port>, Vec<Port>)>,
 }
@@ -99,9 +102,11 @@ pub fn inspect(profile: ModelProfile, runtime: crate::Result<Runtime>) -> Report
             );
         }
         // Which providers can run it: graphs fused for GPUs carry contrib ops the CPU provider lacks.
-        let gpu_only_ops: Vec<String> = std::fs::read(&c.graph)
+        let ops = std::fs::read(&c.graph)
             .ok()
-            .and_then(|b| crate::onnx_proto::operators(&b))
+            .and_then(|b| crate::onnx_proto::operators(&b));
+        let quantization = ops.as_ref().and_then(quantization);
+        let gpu_only_ops: Vec<String> = ops
             .map(|ops| {
                 ops.into_iter()
                     .filter(|(d, o)| {
@@ -121,6 +126,7 @@ pub fn inspect(profile: ModelProfile, runtime: crate::Result<Runtime>) -> Report
             has_config: c.config.is_some(),
             runs_on,
             gpu_only_ops,
+            quantization,
             ports: graph.map(|g| (g.inputs, g.outputs)),
         });
     }
@@ -154,6 +160,35 @@ pub fn inspect(profile: ModelProfile, runtime: crate::Result<Runtime>) -> Report
     }
 }
 
+/// Integer operators that mean quantised weights: ONNX's and ONNX Runtime's (what `quantize_dynamic`,
+/// `quantize_static` and the weight-only quantiser write, and what ONNX Runtime fuses them into).
+const INT8_OPS: &[&str] = &[
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "ConvInteger",
+    "QLinearMatMul",
+    "QLinearConv",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "MatMulIntegerToFloat",
+];
+
+/// `int8 (MatMulInteger, ...)` when the graph computes with quantised weights; `MatMulNBits` says its bits
+/// in an attribute we do not read here, so it is reported as `n-bit`.
+fn quantization(ops: &std::collections::BTreeSet<(String, String)>) -> Option<String> {
+    let found: Vec<&str> = ops
+        .iter()
+        .map(|(_, op)| op.as_str())
+        .filter(|op| INT8_OPS.contains(op))
+        .collect();
+    let nbits = ops.iter().any(|(_, op)| op == "MatMulNBits");
+    match (found.is_empty(), nbits) {
+        (true, false) => None,
+        (true, true) => Some("n-bit weights (MatMulNBits)".into()),
+        (false, _) => Some(format!("int8 ({})", found.join(", "))),
+    }
+}
+
 /// The inputs a component's graph must have (what the pipeline feeds it by name).
 fn required_inputs(component: &str) -> &'static [&'static str] {
     match component {
@@ -179,6 +214,7 @@ impl Report {
             .map(|c| {
                 json!({
                     "name": c.name, "runs_on": c.runs_on, "gpu_only_ops": c.gpu_only_ops, "graph": c.graph,
+                    "quantization": c.quantization,
                     "external_data": c.external_data, "config_json": c.has_config,
                     "inputs": c.ports.as_ref().map(|(i, _)| i.iter().map(port_json).collect::<Vec<_>>()),
                     "outputs": c.ports.as_ref().map(|(_, o)| o.iter().map(port_json).collect::<Vec<_>>()),

@@ -121,6 +121,10 @@ pub struct RuntimeArgs {
     /// Optimise graphs at every start instead of loading the cached optimised graph.
     #[arg(long, help_heading = MODEL)]
     pub no_graph_cache: bool,
+    /// Keep the export's attention operators on the CPU (every score matrix in memory) instead of ONNX
+    /// Runtime's tiled MultiHeadAttention kernel.
+    #[arg(long, help_heading = MODEL)]
+    pub no_fused_attention: bool,
     /// Intra-op threads (default: physical cores).
     #[arg(allow_negative_numbers = true, long, value_name = "N", help_heading = MODEL)]
     pub threads: Option<usize>,
@@ -215,7 +219,8 @@ pub struct Txt2ImgArgs {
     /// searched 4 folders deep). The tags are taken out of the prompt.
     #[arg(long, value_name = "DIR", help_heading = MODEL)]
     pub lora_dir: Option<PathBuf>,
-    /// Create each graph's session only while it is needed (lower peak memory, slower).
+    /// Drop every session after each batch of a --batch-count run, and plan no memory blocks on GPU providers
+    /// (lower peak memory, slower).
     #[arg(long, help_heading = MODEL)]
     pub low_memory: bool,
     #[command(flatten)]

@@ -319,6 +319,8 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
         // Inside ONNX Runtime's Session::run (input/output copies into ORT tensors included): text encoder,
         // every UNet call, VAE decode (+ encode for img2img, counted in `text`/`decode` phases' neighbours).
         let in_run = t.text + t.unet.iter().sum::<Duration>() + t.decode;
+        // Sessions are created when first needed, inside the run: counted as creation, not as ours.
+        let session_creation = session_creation + t.sessions;
         let ours = wall.saturating_sub(ort_setup + session_creation + in_run);
         let report = serde_json::json!({
             "wall_ms": ms(wall),

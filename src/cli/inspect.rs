@@ -43,6 +43,9 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         for f in c["external_data"].as_array().into_iter().flatten() {
             println!("  external data: {}", f.as_str().unwrap_or(""));
         }
+        if let Some(q) = c["quantization"].as_str() {
+            println!("  weights: {q}");
+        }
         for (label, key) in [("in ", "inputs"), ("out", "outputs")] {
             for p in c[key].as_array().into_iter().flatten() {
                 let dims: Vec<&str> = p["shape"]

@@ -156,6 +156,7 @@ fn load_runtime(
     config.graph_cache = !a.no_graph_cache;
     config.threads = a.threads;
     config.low_memory = low_memory;
+    config.fuse_attention = !a.no_fused_attention;
     config.memory_check =
         std::env::var_os("SD_ONNX_NO_MEMORY_CHECK").is_none_or(|v| v.is_empty() || v == "0");
     Runtime::load_with(a.ort_lib.as_deref(), config)

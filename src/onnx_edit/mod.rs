@@ -10,6 +10,7 @@
 //! [`crate::onnx_proto`], the older hand-written reader, stays for what it does without decoding the whole
 //! model (one convolution's weight shape).
 
+pub mod attention;
 #[allow(missing_docs, clippy::all)]
 pub mod pb;
 

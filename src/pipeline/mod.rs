@@ -63,8 +63,11 @@ pub struct Generated {
 /// Where a run's time went (measured with `Instant`; for `bench` and the PERFORMANCE figures).
 #[derive(Clone, Debug, Default)]
 pub struct Timings {
-    /// Tokenizing and running the text encoder (cond + uncond).
+    /// Tokenizing and running the text encoder (cond + uncond); session creation not included.
     pub text: Duration,
+    /// Creating the sessions this run needed and did not have (a one-shot run creates each when first needed):
+    /// none of the other phases includes it.
+    pub sessions: Duration,
     /// Each UNet `Session::run`, input conversion included.
     pub unet: Vec<Duration>,
     /// Of each bound UNet call, the host work around `Session::run`: latents and timestep into the bound
@@ -74,7 +77,7 @@ pub struct Timings {
     pub scheduler: Vec<Duration>,
     /// Each step's other host work: CFG batch concat and guidance arithmetic.
     pub guidance: Vec<Duration>,
-    /// VAE decode of all images, RGB conversion included.
+    /// VAE decode of all images, RGB conversion included; session creation not included.
     pub decode: Duration,
     /// How many UNet calls went through the IO binding (all of them, unless binding was unavailable).
     pub bound_unet_calls: usize,
@@ -463,6 +466,7 @@ impl Pipeline {
         // 1. Conditioning, once for every batch.
         progress(Progress::Encoding);
         let started = Instant::now();
+        let created_before = self.sessions.created();
         let guided = family.guided(req.guidance);
         let encoded;
         let embeds = match &req.prompt_embeds {
@@ -491,7 +495,9 @@ impl Pipeline {
             req.height,
             req.guidance,
         )?;
-        timings.text = started.elapsed();
+        timings.text = started
+            .elapsed()
+            .saturating_sub(self.sessions.created() - created_before);
         self.sessions.done(Done::Text);
 
         // 2.-4. Each batch: starting latents, denoising, decoding.
@@ -524,6 +530,7 @@ impl Pipeline {
         let views: Vec<_> = all_latents.iter().map(|l| l.view()).collect();
         let latents = ndarray::concatenate(ndarray::Axis(0), &views)
             .map_err(|e| crate::Error::Usage(format!("latents of the batches: {e}")))?;
+        timings.sessions = self.sessions.created() - created_before;
         Ok(Generated {
             images,
             seeds,
@@ -538,7 +545,9 @@ impl Pipeline {
     /// available (ONNX Runtime would otherwise allocate until the process is killed).
     fn check_memory(&self, req: &Request) -> Result<()> {
         let config = &self.sessions.runtime().config;
+        // With the attention rewrite the scores are computed in tiles: memory no longer grows with their square.
         if !config.memory_check
+            || config.fuse_attention
             || config.choice_for("unet").provider != crate::runtime::Provider::Cpu
         {
             return Ok(());
@@ -619,8 +628,11 @@ impl Pipeline {
         self.sessions.done_batch(Done::Denoising, last);
         progress(Progress::Decoding);
         let decode_start = Instant::now();
+        let created = self.sessions.created();
         let images = decode::decode(&mut self.sessions, profile, &latents, warnings)?;
-        timings.decode += decode_start.elapsed();
+        timings.decode += decode_start
+            .elapsed()
+            .saturating_sub(self.sessions.created() - created);
         self.sessions.done_batch(Done::Decoding, last);
         Ok((images, latents))
     }

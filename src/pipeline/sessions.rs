@@ -8,6 +8,7 @@ use crate::profile::ModelProfile;
 use crate::runtime::{Computed, Runtime, SessionSpec};
 use ndarray::Array2;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The embeddings' ids were counted from the table size the folder states; the graph's table must agree.
 fn check_ids(enc: &TextEncoder, rows: Option<&(Arc<Array2<f32>>, i64)>) -> Result<()> {
@@ -44,10 +45,20 @@ impl<T> Slot<T> {
         Slot(None)
     }
 
-    fn get_or(&mut self, load: impl FnOnce() -> Result<T>) -> Result<&mut T> {
+    /// The value, loaded now if the slot is empty; the time a load takes is added to `created`.
+    fn get_or(
+        &mut self,
+        created: &mut Duration,
+        load: impl FnOnce() -> Result<T>,
+    ) -> Result<&mut T> {
         match self.0 {
             Some(ref mut v) => Ok(v),
-            None => Ok(self.0.insert(load()?)),
+            None => {
+                let started = Instant::now();
+                let value = load();
+                *created += started.elapsed();
+                Ok(self.0.insert(value?))
+            }
         }
     }
 
@@ -87,6 +98,8 @@ pub(crate) struct Sessions {
     vae_decoder: Slot<VaeDecoder>,
     vae_encoder: Slot<VaeEncoder>,
     encoder_output: Option<EncoderOutput>,
+    /// Time spent creating sessions so far (they are created when first needed).
+    created: Duration,
 }
 
 impl Sessions {
@@ -102,6 +115,7 @@ impl Sessions {
             vae_decoder: Slot::empty(),
             vae_encoder: Slot::empty(),
             encoder_output: None,
+            created: Duration::ZERO,
         }
     }
 
@@ -125,6 +139,12 @@ impl Sessions {
         self.memory = memory;
     }
 
+    /// Time spent creating sessions since these sessions were made: a run reads it before and after a phase
+    /// to keep session creation out of the phase's own time.
+    pub(crate) fn created(&self) -> Duration {
+        self.created
+    }
+
     pub(crate) fn runtime(&self) -> &Runtime {
         &self.runtime
     }
@@ -139,7 +159,7 @@ impl Sessions {
         self.text_encoder.retain(|t| t.has_layer(layer));
         let rows = self.token_rows[0].clone();
         let lora = self.loras[0].clone();
-        self.text_encoder.get_or(|| {
+        self.text_encoder.get_or(&mut self.created, || {
             let enc = TextEncoder::load_layer(
                 rt,
                 &profile.text_encoder,
@@ -161,7 +181,7 @@ impl Sessions {
         self.text_encoder_2.retain(|t| t.has_layer(layer));
         let rows = self.token_rows[1].clone();
         let lora = self.loras[1].clone();
-        self.text_encoder_2.get_or(|| {
+        self.text_encoder_2.get_or(&mut self.created, || {
             let c = profile
                 .xl
                 .as_ref()
@@ -179,7 +199,7 @@ impl Sessions {
     pub(crate) fn unet(&mut self, profile: &ModelProfile) -> Result<&mut Unet> {
         let rt = &self.runtime;
         let lora = self.loras[2].clone();
-        self.unet.get_or(|| {
+        self.unet.get_or(&mut self.created, || {
             let mut spec = SessionSpec::plain(&profile.unet);
             spec.computed = lora;
             let unet = Unet::load_spec(rt, &spec)?;
@@ -190,13 +210,14 @@ impl Sessions {
 
     pub(crate) fn vae_decoder(&mut self, profile: &ModelProfile) -> Result<&mut VaeDecoder> {
         let rt = &self.runtime;
-        self.vae_decoder
-            .get_or(|| VaeDecoder::load(rt, &profile.vae_decoder))
+        self.vae_decoder.get_or(&mut self.created, || {
+            VaeDecoder::load(rt, &profile.vae_decoder)
+        })
     }
 
     pub(crate) fn vae_encoder(&mut self, profile: &ModelProfile) -> Result<&mut VaeEncoder> {
         let rt = &self.runtime;
-        let encoder = self.vae_encoder.get_or(|| {
+        let encoder = self.vae_encoder.get_or(&mut self.created, || {
             let c = profile.vae_encoder.as_ref().ok_or_else(|| {
                 Error::model(
                     &profile.dir,

@@ -44,6 +44,12 @@ pub fn graph_cache_path(rt: &Runtime, spec: &SessionSpec) -> Option<PathBuf> {
         rt.version,
         rt.threads
     );
+    // The attention rewrite changes the graph ONNX Runtime optimises: entries with and without it differ,
+    // and a new version of the pass must not load an older one's entries.
+    if rt.fuses_attention(component.name) {
+        key.push_str("|passes:");
+        key.push_str(crate::onnx_edit::attention::PASS_VERSION);
+    }
     // Replaced initializers are baked into the optimised graph: they are part of its identity.
     let identity = spec.cache_identity();
     if !identity.is_empty() || !spec.overrides.is_empty() {

@@ -46,8 +46,8 @@ pub struct RuntimeConfig {
     pub graph_cache: bool,
     /// Intra-op threads; `None`: physical cores.
     pub threads: Option<usize>,
-    /// `--low-memory`: no memory-pattern planning (ONNX Runtime then allocates per tensor instead of one
-    /// planned block per run).
+    /// `--low-memory`: no memory-pattern planning on GPU providers either (the CPU never plans: ONNX Runtime
+    /// allocates per tensor instead of one planned block per run).
     pub low_memory: bool,
     /// `--cuda-graph`: capture the UNet's run once and replay it (CUDA: `enable_cuda_graph`, TensorRT:
     /// `trt_cuda_graph_enable`). Only the UNet gets it: the other graphs run once per image.
@@ -55,6 +55,10 @@ pub struct RuntimeConfig {
     /// Refuse a CPU run whose UNet attention would need more memory than the machine has available
     /// ([`crate::pipeline::limits::attention_bytes`]); the CLI turns it off with `SD_ONNX_NO_MEMORY_CHECK=1`.
     pub memory_check: bool,
+    /// On the CPU, rewrite each exported attention as ONNX Runtime's tiled `MultiHeadAttention` before the
+    /// graph is optimised ([`crate::onnx_edit::attention`]): memory linear in the tokens instead of quadratic.
+    /// `--no-fused-attention` turns it off.
+    pub fuse_attention: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -70,6 +74,7 @@ impl Default for RuntimeConfig {
             low_memory: false,
             cuda_graph: false,
             memory_check: true,
+            fuse_attention: true,
         }
     }
 }
@@ -325,6 +330,15 @@ impl Runtime {
         self.config.choice_for(component)
     }
 
+    /// Whether `component`'s graph gets the attention rewrite: asked for, and on the CPU (the GPU providers
+    /// have their own fused kernels and are not measured with it).
+    pub fn fuses_attention(&self, component: &str) -> bool {
+        // CLIP's attention is causal (a mask added to the scores), never the pattern: not read for nothing.
+        self.config.fuse_attention
+            && !component.starts_with("text_encoder")
+            && self.choice_for(component).provider == Provider::Cpu
+    }
+
     /// A session for one component, on the provider chosen for it, with graph capture when `--cuda-graph`
     /// asks for it. When ONNX Runtime refuses capture for this graph, the session is created again without it
     /// and the reason is returned (never a silent change of provider).
@@ -373,11 +387,15 @@ impl Runtime {
         let component = &spec.component;
         let context = component.graph.display().to_string();
         let choice = self.choice_for(component.name);
+        // Memory-pattern planning (one block per run, sized from the first run) costs the CPU peak memory and
+        // buys it no time: full SD 1.5 at 512x512, 10 steps, 3776 -> 3631 MiB and 95.0 -> 89.7 s without it
+        // (docs/PERFORMANCE.md). The GPU providers keep it unless --low-memory.
+        let memory_pattern = !self.config.low_memory && choice.provider != Provider::Cpu;
         let mut builder = Session::builder(&self.env)
             .map_err(Error::ort(&context))?
             .with_intra_threads(self.threads)
             .map_err(Error::ort(&context))?
-            .with_memory_pattern(!self.config.low_memory)
+            .with_memory_pattern(memory_pattern)
             .map_err(Error::ort(&context))?
             // ONNX Runtime's own log lines are not shown: every failure it logs also comes back as a status,
             // which our error reports once, naming the graph.
@@ -487,11 +505,26 @@ impl Runtime {
         if let Some(c) = &spec.computed {
             values.extend((c.values)()?);
         }
+        let fuse = self.fuses_attention(spec.component.name);
         if values.is_empty() {
-            return Ok((
-                builder,
-                spec.edited.clone().map_or(Source::File, Source::Memory),
-            ));
+            let source = spec.edited.clone().map_or(Source::File, Source::Memory);
+            if !fuse {
+                return Ok((builder, source));
+            }
+            // Only the attention rewrite: a graph that does not decode is left to ONNX Runtime, whose error
+            // names it as for any other broken graph.
+            let decoded = match &spec.edited {
+                Some(bytes) => {
+                    crate::onnx_edit::Model::decode(bytes::Bytes::copy_from_slice(bytes), graph)
+                }
+                None => crate::onnx_edit::Model::read(graph),
+            };
+            if let Ok(mut model) = decoded
+                && crate::onnx_edit::attention::fuse_attention(&mut model).attentions > 0
+            {
+                return Ok((builder, Source::Memory(Arc::from(model.encode()))));
+            }
+            return Ok((builder, source));
         }
         let mut model = match &spec.edited {
             Some(bytes) => {
@@ -519,6 +552,9 @@ impl Runtime {
                 init.int32_data.clear();
                 edited = true;
             }
+        }
+        if fuse && crate::onnx_edit::attention::fuse_attention(&mut model).attentions > 0 {
+            edited = true;
         }
         let source = if edited {
             Source::Memory(Arc::from(model.encode()))
