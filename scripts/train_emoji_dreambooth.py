@@ -10,8 +10,8 @@ real training set instead of generated class images: each batch is 8 instance la
 their own captions, so the rest of the model keeps drawing what it drew. The whole UNet is fine-tuned (AdamW lr
 5e-5, constant after 50 warm-up steps, STEPS steps, batch 32; objective as in training: epsilon MSE, min-SNR-5);
 the text encoder, VAE and tokenizer are the base model's. Starts from the committed onnx/sd-emoji's weights
-(WORK/unet.pt, EMA, UNet step 8000; checked). Checkpoints to WORK/dreambooth.pt every 10 minutes: run again to
-resume.
+(read back from the export by train_emoji_model.pipeline_from_export: its float16 values; checked against ONNX
+Runtime). Checkpoints to WORK/dreambooth.pt every 10 minutes: run again to resume.
 
 Writes WORK/pipeline-dreambooth (diffusers) and exports it with optimum and the same float16 conversion as
 scripts/export_emoji_model.py to onnx/sd-emoji-dreambooth (a second model folder, used with

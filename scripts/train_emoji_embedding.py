@@ -9,8 +9,8 @@ VAE latents of 8 renders of the emoji (the training set's augmentation); the pro
 trigger (BOS, the four vectors, EOS), the vectors written in after the token-embedding lookup as A1111's
 EmbeddingsWithFixes does. Initialised from the token embeddings of "horse face", repeated.
 
-The pipeline must be the committed one: WORK/unet.pt has to be the checkpoint onnx/sd-emoji was exported from
-(UNet step 8000; checked). Writes docs/emoji/embeddings/unicorn-face.pt in A1111's format (string_to_param) and
+The pipeline is the committed one, read back from onnx/sd-emoji (train_emoji_model.pipeline_from_export)
+(UNet step 8000). Writes docs/emoji/embeddings/unicorn-face.pt in A1111's format (string_to_param) and
 docs/emoji/holdout-unicorn-face.png (the emoji as the model would have seen it).
 
 Result (2026-12-02, 800 steps, 4 vectors, lr 3e-2; also tried 600 steps, 2 vectors, lr 5e-3): the loss on the

@@ -6,7 +6,8 @@
 Data: the training set of scripts/train_emoji_model.py (every emoji, its augmented variants) pixelated: each
 64x64 render box-filtered to 8x8 and scaled back up with nearest-neighbour (8-pixel cells); the captions are
 unchanged, so the LoRA turns whatever the prompt asks for into pixel art, as a style LoRA from civitai does.
-Model: the committed onnx/sd-emoji's weights (WORK/unet.pt, EMA, UNet step 8000; checked), frozen; a LoRA of
+Model: the committed onnx/sd-emoji's weights (read back from the export by
+train_emoji_model.pipeline_from_export: its float16 values; checked against ONNX Runtime), frozen; a LoRA of
 rank 8 (alpha 8) on every attention projection, proj_in/proj_out and the resnets' 3x3 convolutions (LoCon) of
 the UNet; the text encoder is untouched. Objective: the base model's (epsilon MSE, min-SNR-5 weighting), AdamW
 lr 1e-3 (cosine), batch 32, STEPS steps. Checkpoints to WORK/lora-pixel-art.pt every 10 minutes: run again to

@@ -27,7 +27,8 @@ UNET_STEPS=6500 and to 8000 with UNET_STEPS=8000 (each resume restarts the cosin
 2026-12-02, ~95 minutes of UNet training on 2 cores. Resumed once more to 12000 (loss 0.0341 -> 0.0305): 21 of 40
 captions top-5 and median rank 5 (8000: 20 and 6), within noise, and the README's seed-1 red apple came out
 worse, so the 8000-step export stays committed; more steps at this size now buy little.
-Checkpoints in WORK outside the repo survived from one session to the next here (2026-12-02), but nothing promises it.
+Checkpoints in WORK outside the repo survived one session here, and were gone the next (2026-12-02): the scripts
+that build on this model (LoRA, DreamBooth, textual inversion) read its weights back from onnx/sd-emoji instead.
 Threads: torch uses TRAIN_THREADS (default 2). Needs torch, diffusers, transformers, fonttools, pillow, clip-anytorch.
 """
 import json
@@ -259,11 +260,16 @@ def encode_latents():
         d = np.load(path)
         return d["mean"], d["std"], float(d["scale"])
     images, _, _ = load_data()
-    vae = make_vae()
-    vae.load_state_dict(torch.load(WORK / "vae.pt", weights_only=False)["model"])
-    vae.eval()
-    mean, std = posterior(vae, images)
-    scale = float(1.0 / mean.std())
+    if (WORK / "vae.pt").exists():
+        vae = make_vae()
+        vae.load_state_dict(torch.load(WORK / "vae.pt", weights_only=False)["model"])
+        vae.eval()
+        mean, std = posterior(vae, images)
+        scale = float(1.0 / mean.std())
+    else:  # no VAE training here: the committed export's autoencoder and scaling factor
+        vae = pipeline_from_export()[0].vae
+        mean, std = posterior(vae, images)
+        scale = float(vae.config.scaling_factor)
     np.savez(path, mean=mean, std=std, scale=scale)
     print(f"latents: scaling_factor {scale:.5f}", flush=True)
     return mean, std, scale
@@ -360,10 +366,71 @@ def build_pipeline(use_ema=True):
     return pipe, st["step"]
 
 
+def pipeline_from_export(folder=ROOT / "onnx" / "sd-emoji"):
+    """The diffusers pipeline whose weights are the optimum export's in `folder` (float16 stored: the values
+    users run), so the scripts that build on the committed model need none of WORK's checkpoints.
+
+    Initialisers keep their PyTorch names, except the ones the exporter renamed (`onnx::MatMul_N`, a Linear's
+    weight transposed; `onnx::Mul_N`/`onnx::Add_N`, a GroupNorm's weight/bias as (C, 1, 1)): those are named by
+    the node that consumes them, whose name is the module's path (`/down_blocks.1/attentions.0/norm/Mul`).
+    Every parameter of the PyTorch model must be found, with its shape: checked."""
+    import onnx
+    import torch
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from onnx import numpy_helper
+
+    def state(component, model, prefix=""):
+        graph = onnx.load(str(folder / component / "model.onnx")).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        named = {}
+        for node in graph.node:
+            for name in node.input:
+                if name not in inits:
+                    continue
+                value = inits[name].astype(np.float32)
+                if not name.startswith("onnx::"):
+                    named[name] = value
+                    continue
+                module = ".".join(node.name.strip("/").split("/")[:-1])
+                if node.op_type == "MatMul":
+                    named[f"{module}.weight"] = value.T
+                elif node.op_type in ("Mul", "Add"):
+                    named[f"{module}.{'weight' if node.op_type == 'Mul' else 'bias'}"] = value.reshape(-1)
+        want = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+        got = {}
+        for key, ref in want.items():
+            value = named.get(key)
+            if value is None and key.endswith("position_ids"):
+                continue  # a buffer, not a weight
+            assert value is not None, f"{component}: {key} not found in the export"
+            assert tuple(value.shape) == tuple(ref.shape), f"{component}: {key} {value.shape} vs {tuple(ref.shape)}"
+            got[key] = torch.from_numpy(np.ascontiguousarray(value))
+        return got
+
+    vae, unet, te = make_vae(), make_unet(), make_text_encoder()
+    vae_state = state("vae_encoder", vae, "encoder.") | state("vae_encoder", vae, "quant_conv.")
+    vae_state |= state("vae_decoder", vae, "decoder.") | state("vae_decoder", vae, "post_quant_conv.")
+    missing = vae.load_state_dict(vae_state, strict=False).missing_keys
+    assert not missing, f"vae: {missing[:3]} not found"
+    unet.load_state_dict(state("unet", unet))
+    missing = te.load_state_dict(state("text_encoder", te), strict=False).missing_keys
+    assert all(k.endswith("position_ids") for k in missing), missing
+    scale = json.loads((folder / "vae_decoder" / "config.json").read_text())["scaling_factor"]
+    vae.register_to_config(scaling_factor=scale)
+    step = json.loads((folder / "training.json").read_text())["unet_steps"]
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=te, tokenizer=make_tokenizer(), unet=unet,
+        scheduler=PNDMScheduler.from_pretrained(str(folder / "scheduler")), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, step
+
+
 def committed_pipeline():
-    """The pipeline onnx/sd-emoji was exported from (EMA weights, UNet step 8000: checked), every part frozen."""
-    pipe, step = build_pipeline()
-    assert step == 8000, f"WORK/unet.pt is UNet step {step}; onnx/sd-emoji was exported from step 8000"
+    """The pipeline of the committed onnx/sd-emoji (its float16 weights, read back from the export), every
+    part frozen: what the LoRA, DreamBooth and textual-inversion scripts train against."""
+    pipe, step = pipeline_from_export()
     for m in (pipe.vae, pipe.text_encoder, pipe.unet):
         m.requires_grad_(False)
         m.eval()
