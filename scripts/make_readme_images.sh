@@ -18,4 +18,8 @@ run img2img -i "$out/input-red-apple.png" -p "green apple" --strength 0.7 -s 1 -
 run inpaint -i "$out/input-grinning-face.png" --mask "$out/mask-right-half.png" -p "smiling face with sunglasses" \
   -s 1 -o "$out/inpaint-sunglasses.png"
 run txt2img -p "red apple" -s 1 --batch-size 4 -o "$out/batch-{seed}.png"
+# The style LoRA (scripts/train_emoji_lora.py; lora-training-red-apple.png is written by that script).
+for p in "red apple" "rocket" "grinning face" "ghost"; do
+  run txt2img -p "$p" -s 1 --lora examples/emoji-pixel-art.safetensors:0.7 -o "$out/lora-pixel-${p// /-}.png"
+done
 ls "$out"

@@ -17,6 +17,10 @@ Writes examples/emoji-pixel-art.safetensors: kohya keys (`lora_unet_…lora_down
 diffusers' `convert_state_dict_to_kohya`), fp16, `ss_base_model_version` "sd-emoji", the training facts in the
 metadata. Used as `--lora examples/emoji-pixel-art.safetensors` or `<lora:emoji-pixel-art:1>` with
 `--lora-dir examples`.
+
+Result (2026-12-02, the committed file): 1,500 steps in about an hour of this 2-core CPU at nice 19 beside other
+work, loss 0.0346 (step 100) -> 0.0197; at weight 0.7 the images' within-8x8-cell colour variance is 0.39x the
+base model's (tests/emoji_semantic.rs), and the subjects stay recognisable (README); at 1.0 faces become blocks.
 """
 import json
 import math

@@ -112,3 +112,77 @@ fn the_bundled_model_draws_its_captions() {
         "median rank {median}, bar {MEDIAN_BAR}"
     );
 }
+
+/// The style LoRA (examples/emoji-pixel-art.safetensors, scripts/train_emoji_lora.py: trained on the training
+/// set pixelated into 8x8-pixel cells) makes pixel art of whatever is asked: the colour variance inside each
+/// 8x8 cell of the image, averaged over cells and over 6 captions x 2 seeds, falls well below the base model's.
+/// MEASURED (2026-12-02, weight 0.7, as in the README): base 1625.9, with the LoRA 641.1 (0.39x); the bar is 0.5x.
+#[test]
+fn the_style_lora_draws_pixel_art() {
+    let cell_variance = |img: &sd_onnx::pipeline::RgbImage| -> f64 {
+        let (w, h) = (img.width, img.height);
+        let mut total = 0.0;
+        let mut cells = 0;
+        for cy in (0..h).step_by(8) {
+            for cx in (0..w).step_by(8) {
+                for c in 0..3 {
+                    let v: Vec<f64> = (cy..cy + 8)
+                        .flat_map(|y| (cx..cx + 8).map(move |x| (y, x)))
+                        .map(|(y, x)| img.pixels[(y * w + x) * 3 + c] as f64)
+                        .collect();
+                    let mean = v.iter().sum::<f64>() / 64.0;
+                    total += v.iter().map(|p| (p - mean) * (p - mean)).sum::<f64>() / 64.0;
+                }
+                cells += 1;
+            }
+        }
+        total / (cells * 3) as f64
+    };
+    let runtime = common::runtime();
+    let profile = ModelProfile::load(Path::new(MODEL)).unwrap();
+    let mut pipe = Pipeline::load(&runtime, profile.clone()).unwrap();
+    let file =
+        sd_onnx::lora::LoraFile::read(Path::new("examples/emoji-pixel-art.safetensors")).unwrap();
+    let lora = sd_onnx::lora::Active {
+        file: std::sync::Arc::new(file),
+        te: 0.7,
+        unet: 0.7,
+    };
+    let mut mean_var = |with_lora: bool| -> f64 {
+        let active = if with_lora {
+            vec![lora.clone()]
+        } else {
+            Vec::new()
+        };
+        pipe.set_loras(&active).unwrap();
+        let mut sum = 0.0;
+        let mut n = 0;
+        for caption in [
+            "red apple",
+            "rocket",
+            "grinning face",
+            "ghost",
+            "banana",
+            "snowman",
+        ] {
+            for seed in [1, 2] {
+                let intent = Intent {
+                    prompt: caption.into(),
+                    seed: Some(seed),
+                    ..Intent::default()
+                };
+                let out = pipe
+                    .run(resolve(&profile, intent).unwrap(), &mut |_| {})
+                    .unwrap();
+                sum += cell_variance(&out.images[0]);
+                n += 1;
+            }
+        }
+        sum / n as f64
+    };
+    let (base, styled) = (mean_var(false), mean_var(true));
+    println!(
+        "within-cell variance: base model {base:.1}, with the pixel-art LoRA at 0.7 {styled:.1}"
+    );
+    assert!(styled < 0.5 * base, "LoRA {styled:.1} vs base {base:.1}");
+}
