@@ -48,7 +48,8 @@ fn every_readme_command_runs() {
             .replacen("scripts/run", &abs("scripts/run"), 1)
             .replace(" tests/", &format!(" {}", abs("tests/")))
             .replace(" onnx/", &format!(" {}", abs("onnx/")))
-            .replace(" docs/", &format!(" {}", abs("docs/")));
+            .replace(" docs/", &format!(" {}", abs("docs/")))
+            .replace(" examples/", &format!(" {}", abs("examples/")));
         let o = Command::new("bash")
             .args(["-c", &script])
             .current_dir(&scratch)
