@@ -5,6 +5,8 @@
         (default: bench-model/ with optimum's layout; bench-model-convert/ for diffusers' convert-script
         layout, the one diffusers' OnnxStableDiffusionPipeline can run; both git-ignored)
     --classic-attention exports the UNet with diffusers' AttnProcessor(), which optimize_onnx.py can fuse.
+    --diffusers DIR saves the same weights as a diffusers folder (safetensors) instead of exporting: what
+        stable-diffusion.cpp loads (scripts/bench_vs_sdcpp.sh).
 
 UNet (860M parameters), VAE and CLIP ViT-L/14 text encoder with SD 1.5's exact configs, seeded random
 weights, the real CLIP vocabulary, SD 1.5's PNDM scheduler config; exported with `optimum-cli export onnx`
@@ -22,6 +24,11 @@ import make_fixtures as mf  # noqa: E402
 
 
 def main():
+    diffusers_dir = None
+    if "--diffusers" in sys.argv:
+        i = sys.argv.index("--diffusers")
+        diffusers_dir = Path(sys.argv[i + 1])
+        del sys.argv[i : i + 2]
     args = [a for a in sys.argv[1:] if not a.startswith("--layout") and a != "--classic-attention"]
     layout = "convert" if "--layout=convert" in sys.argv or ("--layout" in sys.argv and "convert" in sys.argv) else "optimum"
     args = [a for a in args if a != "convert"]
@@ -58,7 +65,10 @@ def main():
             scheduler=PNDMScheduler.from_config(mf.SD15_SCHEDULER), safety_checker=None, feature_extractor=None,
             requires_safety_checker=False,
         )
-        if layout == "convert":
+        if diffusers_dir is not None:
+            pipe.save_pretrained(diffusers_dir, safe_serialization=True)
+            out = diffusers_dir
+        elif layout == "convert":
             with torch.no_grad():
                 mf.export_convert_layout(pipe, out)
         else:
