@@ -513,25 +513,14 @@ impl Runtime {
             }
             // Only the attention rewrite: a graph that does not decode is left to ONNX Runtime, whose error
             // names it as for any other broken graph.
-            let decoded = match &spec.edited {
-                Some(bytes) => {
-                    crate::onnx_edit::Model::decode(bytes::Bytes::copy_from_slice(bytes), graph)
-                }
-                None => crate::onnx_edit::Model::read(graph),
-            };
-            if let Ok(mut model) = decoded
+            if let Ok(mut model) = decode(spec)
                 && crate::onnx_edit::attention::fuse_attention(&mut model).attentions > 0
             {
                 return Ok((builder, Source::Memory(Arc::from(model.encode()))));
             }
             return Ok((builder, source));
         }
-        let mut model = match &spec.edited {
-            Some(bytes) => {
-                crate::onnx_edit::Model::decode(bytes::Bytes::copy_from_slice(bytes), graph)?
-            }
-            None => crate::onnx_edit::Model::read(graph)?,
-        };
+        let mut model = decode(spec)?;
         let mut edited = false;
         for (name, value) in values {
             let init = model
@@ -626,6 +615,15 @@ impl Runtime {
             }
         }
         Ok(session)
+    }
+}
+
+/// The spec's graph decoded for editing: its edited bytes, else its file.
+fn decode(spec: &SessionSpec) -> Result<crate::onnx_edit::Model> {
+    let graph = &spec.component.graph;
+    match &spec.edited {
+        Some(bytes) => crate::onnx_edit::Model::decode(bytes::Bytes::copy_from_slice(bytes), graph),
+        None => crate::onnx_edit::Model::read(graph),
     }
 }
 
