@@ -19,8 +19,9 @@ scripts/export_emoji_model.py to onnx/sd-emoji-dreambooth (a second model folder
 shown). Its text encoder, tokenizer, scheduler and VAE come out byte-identical to onnx/sd-emoji's (checked).
 
 Result (2026-12-02): lr 5e-5 (DREAMBOOTH_LR), 800 steps, ~10 minutes of CPU: "sks horse face" does NOT draw the
-unicorn (blobs in other colours, seeds 1-4) and the base captions got slightly worse; nothing committed. A run with
-DREAMBOOTH_LR=4e-4 was started; see the session notes for its outcome.
+unicorn (blobs in other colours, seeds 1-4) and the base captions got slightly worse. DREAMBOOTH_LR=4e-4, 800
+steps: base captions keep better (red apple), the subject is still not drawn (no pink mane, no grey head).
+Nothing committed; next to try: more instance images per batch, the text encoder trained too, a bare rare token.
 """
 import json
 import os
