@@ -21,15 +21,33 @@ pub fn read(path: &Path) -> Result<DynamicImage> {
         path: path.to_path_buf(),
         source,
     })?;
-    // A small file can declare a huge image: refuse it from its header, before decoding allocates.
+    reader.limits(input_limits());
+    reader
+        .decode()
+        .map_err(|e| Error::Usage(format!("{}: cannot decode image ({e})", path.display())))
+}
+
+/// A small file can declare a huge image: it is refused from its header, before decoding allocates.
+fn input_limits() -> image::Limits {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(crate::pipeline::limits::MAX_INPUT_SIDE);
     limits.max_image_height = Some(crate::pipeline::limits::MAX_INPUT_SIDE);
     limits.max_alloc = Some(crate::pipeline::limits::MAX_INPUT_ALLOC);
-    reader.limits(limits);
-    reader
-        .decode()
-        .map_err(|e| Error::Usage(format!("{}: cannot decode image ({e})", path.display())))
+    limits
+}
+
+/// [`read`] of an image held in memory (a server's upload: PNG, JPEG or WebP, by its content), with the same
+/// limits; errors name it `field`.
+pub fn decode(bytes: &[u8], field: &'static str) -> Result<DynamicImage> {
+    let bad = |e: String| Error::Invalid {
+        field,
+        msg: format!("cannot be decoded as an image ({e})"),
+    };
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| bad(e.to_string()))?;
+    reader.limits(input_limits());
+    reader.decode().map_err(|e| bad(e.to_string()))
 }
 
 /// An RGB image as a (1, 3, H, W) tensor in [-1, 1], read from `path` and resized to (width, height) when

@@ -113,6 +113,32 @@ pub fn for_image(
     )
 }
 
+/// The infotext of every image a run of `req` on `pipeline` makes, in order (batch after batch), as the CLI and
+/// the server write them: the model hash given, the `TI hashes` of the embeddings the prompts use and the
+/// `Lora hashes` of the LoRAs the pipeline has merged.
+pub fn for_run(
+    pipeline: &crate::pipeline::Pipeline,
+    req: &Request,
+    model_hash: Option<&str>,
+) -> crate::Result<Vec<String>> {
+    let lora_hashes = crate::lora::hashes(pipeline.loras());
+    let ti_hashes = crate::model_hash::ti_hashes(&pipeline.used_embeddings(req)?)?;
+    Ok((0..req.batch_count)
+        .flat_map(|b| req.seeds(b).into_iter().enumerate())
+        .map(|(pos, seed)| {
+            for_image(
+                req,
+                &pipeline.profile,
+                seed,
+                pos,
+                model_hash,
+                ti_hashes.as_deref(),
+                lora_hashes.as_deref(),
+            )
+        })
+        .collect())
+}
+
 /// The infotext of one image of `req`.
 pub fn write(req: &Request, image: &ImageInfo) -> String {
     let mut params: Vec<(&str, String)> = vec![

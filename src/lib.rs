@@ -44,6 +44,8 @@ pub mod prompt;
 pub mod rng;
 pub mod runtime;
 pub mod schedulers;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -41,6 +41,50 @@ pub enum Command {
     Schedulers,
     /// Time session creation, text encoding, UNet and scheduler per step, VAE decode, end to end, peak RSS.
     Bench(BenchArgs),
+    /// Serve AUTOMATIC1111's web API (/sdapi/v1/txt2img, img2img, options, ...) and OpenAI's
+    /// /v1/images/generations, with the model kept loaded.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Exported ONNX pipeline folder, loaded at start.
+    #[arg(short, long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// A folder of model folders, listed by /sdapi/v1/sd-models; `sd_model_checkpoint` switches to one.
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Address and port to listen on (port 0: any free one, printed). Anything but loopback without
+    /// --api-auth is warned about.
+    #[arg(long, default_value = "127.0.0.1:7860", value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// HTTP Basic credentials every request must carry, as A1111's --api-auth (`USER:PASS`, comma-separated
+    /// for several).
+    #[arg(long, value_name = "USER:PASS")]
+    pub api_auth: Option<String>,
+    /// LoRA files for `<lora:NAME:WEIGHT>` in prompts (listed by /sdapi/v1/loras).
+    #[arg(long, value_name = "DIR")]
+    pub lora_dir: Option<PathBuf>,
+    /// Textual-inversion embeddings, loaded with each model (listed by /sdapi/v1/embeddings).
+    #[arg(long, value_name = "DIR")]
+    pub embeddings_dir: Option<PathBuf>,
+    /// Most denoising steps a request may ask for.
+    #[arg(long, default_value_t = 150, value_name = "N")]
+    pub max_steps: usize,
+    /// Most images per request (batch_size x n_iter).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_images: usize,
+    /// Most pixels per image (width x height).
+    #[arg(long, default_value_t = 1024 * 1024, value_name = "N")]
+    pub max_pixels: usize,
+    /// Largest request body, in MiB (413 beyond).
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub max_body_mb: usize,
+    /// Jobs that may wait behind the running one (503 with Retry-After beyond).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub queue: usize,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 #[derive(Args, Debug)]

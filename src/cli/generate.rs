@@ -245,22 +245,7 @@ pub fn generate(a: Txt2ImgArgs, init: Option<InitSpec>) -> Result<()> {
             eprintln!("warning: {w}");
         }
     }
-    let lora_hashes = sd_onnx::lora::hashes(pipeline.loras());
-    let ti_hashes = sd_onnx::model_hash::ti_hashes(&pipeline.used_embeddings(&req)?)?;
-    let texts: Vec<String> = slots
-        .iter()
-        .map(|s| {
-            infotext::for_image(
-                &req,
-                &pipeline.profile,
-                s.seed,
-                s.pos,
-                Some(&model_hash),
-                ti_hashes.as_deref(),
-                lora_hashes.as_deref(),
-            )
-        })
-        .collect();
+    let texts = infotext::for_run(&pipeline, &req, Some(&model_hash))?;
     let session_creation = t_sessions.elapsed();
     if a.seed.and_then(|s| s.0).is_none() {
         say(&ui, format!("seed: {}", req.seed));

@@ -8,6 +8,7 @@ mod config;
 mod generate;
 mod inspect;
 mod progress;
+mod serve;
 
 pub use args::Cli;
 use args::{Command, RuntimeArgs};
@@ -66,6 +67,7 @@ pub fn run(cli: Cli) -> Result<()> {
             command: args::LoraCommand::Inspect(a),
         } => lora_inspect(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => serve::serve(a),
         Command::Schedulers => {
             schedulers();
             Ok(())

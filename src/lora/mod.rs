@@ -591,6 +591,14 @@ pub fn find(dir: &Path, name: &str) -> Result<PathBuf> {
     })
 }
 
+/// Every `.safetensors` file under `dir` (to 4 levels, as [`find`] searches), sorted: what a server lists.
+pub fn list(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    walk(dir, 0, &mut found);
+    found.sort();
+    found
+}
+
 fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
