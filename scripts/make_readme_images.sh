@@ -22,4 +22,10 @@ run txt2img -p "red apple" -s 1 --batch-size 4 -o "$out/batch-{seed}.png"
 for p in "red apple" "rocket" "grinning face" "ghost"; do
   run txt2img -p "$p" -s 1 --lora examples/emoji-pixel-art.safetensors:0.7 -o "$out/lora-pixel-${p// /-}.png"
 done
+# The DreamBooth fine-tune (scripts/train_emoji_dreambooth.py; holdout-unicorn-face.png is written by that script).
+run txt2img -m onnx/sd-emoji-dreambooth -p "sks horse face" -s 1 --guidance 3 -o "$out/dreambooth-sks-horse-face.png"
+run txt2img -p "sks horse face" -s 1 --guidance 3 -o "$out/dreambooth-base-sks-horse-face.png"
+for p in "horse face" "red apple"; do
+  run txt2img -m onnx/sd-emoji-dreambooth -p "$p" -s 1 --guidance 3 -o "$out/dreambooth-${p// /-}.png"
+done
 ls "$out"

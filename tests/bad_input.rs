@@ -481,7 +481,7 @@ fn messages_blame_the_right_thing() {
     // A folder of models names the models inside (issue 12).
     refused(
         &["txt2img", "--model", "onnx", "--prompt", "a", "--quiet"],
-        "onnx: is a folder of models, not a model; pass one of: onnx/sd-emoji, onnx/sd-tiny-convert, ",
+        "onnx: is a folder of models, not a model; pass one of: onnx/sd-emoji, onnx/sd-emoji-dreambooth, onnx/sd-tiny-convert, ",
     );
     // A schedule the scheduler cannot do is refused, not ignored (issue 12).
     refused(
