@@ -28,4 +28,7 @@ run txt2img -p "sks horse face" -s 1 --guidance 3 -o "$out/dreambooth-base-sks-h
 for p in "horse face" "red apple"; do
   run txt2img -m onnx/sd-emoji-dreambooth -p "$p" -s 1 --guidance 3 -o "$out/dreambooth-${p// /-}.png"
 done
+# The textual-inversion embedding (scripts/train_emoji_embedding.py).
+run txt2img -p "unicorn-face" --embeddings-dir examples/embeddings -s 1 --guidance 3 -o "$out/ti-unicorn-face.png"
+run txt2img -p "horse face" -s 1 --guidance 3 -o "$out/ti-base-horse-face.png"
 ls "$out"

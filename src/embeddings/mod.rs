@@ -221,10 +221,16 @@ pub fn load_file(file: &Path, widths: &[usize]) -> std::result::Result<Embedding
                 .or_else(|| find("string_to_param"))
                 .or_else(|| (tensors.len() == 1).then(|| &tensors[0]))
                 .ok_or_else(|| {
-                    let keys: Vec<&str> = tensors.iter().map(|(k, _, _)| k.as_str()).collect();
+                    // A few names say what the file is (a LoRA's hundreds would bury the message).
+                    let keys: Vec<&str> =
+                        tensors.iter().take(3).map(|(k, _, _)| k.as_str()).collect();
+                    let more = match tensors.len().saturating_sub(keys.len()) {
+                        0 => String::new(),
+                        n => format!(" and {n} more"),
+                    };
                     format!(
                         "is not an embedding: expected string_to_param, emb_params, clip_l + clip_g or one \
-                         {{token: tensor}}, found {keys:?}"
+                         {{token: tensor}}, found {keys:?}{more}"
                     )
                 })?;
             if !matches!(key.as_str(), "emb_params" | "string_to_param") && *key != name {
