@@ -30,8 +30,8 @@ Results (mean |pixel - the unicorn's render| over seeds 1-4, 25 PNDM steps; the 
 - 2026-12-03, lr 1e-3, 8 + 24, 800 steps: not bound at 7.5 (48-62).
 - 2026-12-03, lr 1e-3, 16 + 16, 1200 steps (~9 minutes), committed as onnx/sd-emoji-dreambooth: at guidance 3
   "sks horse face" draws the unicorn, 12.3 (7-17 per seed), where the base model gave 62; at guidance 7.5 it
-  does not (42-49): classifier-free guidance's extrapolation breaks the fine-tune, which is why the earlier
-  runs, judged only at 7.5, looked unbound. The class noun drifted with it, as DreamBooth's paper warns without
+  does not (42-49; at guidance 1 it draws it too): the earlier runs were judged only at 7.5, so whether
+  they bound at 3 is not known. The class noun drifted with it, as DreamBooth's paper warns without
   class-specific prior images: "horse face" draws the unicorn too (12.3); other captions keep their colours
   and lose some shape ("red apple" 50.5 against the base's 50.6 from the unicorn, but flatter).
 """
