@@ -317,7 +317,7 @@ impl LoraFile {
             let d = sha2::Sha256::digest(body);
             d.iter().map(|b| format!("{b:02x}")).collect::<String>()[..12].to_string()
         };
-        let stamp = crate::runtime::cache_stamp(path).unwrap_or_else(|| path.display().to_string());
+        let stamp = stamp_of(path);
         let (modules, convention) = parse_modules(path, tensors)?;
         Ok(LoraFile {
             path: path.to_path_buf(),
@@ -549,6 +549,12 @@ pub fn sgm_to_diffusers(name: &str, layers_per_block: Option<usize>) -> String {
         },
         _ => name.to_string(),
     }
+}
+
+/// A file's [`LoraFile::stamp`] as it is now (path, size, modification time): a stamp that differs from a
+/// loaded file's says the file changed since.
+pub fn stamp_of(path: &Path) -> String {
+    crate::runtime::cache_stamp(path).unwrap_or_else(|| path.display().to_string())
 }
 
 /// The `.safetensors` file called `name` under `dir` (searched to 4 levels, as A1111 lists its Lora folder),

@@ -143,13 +143,7 @@ impl Worker {
                 ))
             })?;
             let file = match self.lora_files.get(&path) {
-                Some(f)
-                    if crate::runtime::cache_stamp(&path)
-                        .unwrap_or_else(|| path.display().to_string())
-                        == f.stamp =>
-                {
-                    f.clone()
-                }
+                Some(f) if crate::lora::stamp_of(&path) == f.stamp => f.clone(),
                 _ => {
                     let f = Arc::new(LoraFile::read(&path).map_err(ApiError::from)?);
                     self.lora_files.insert(path.clone(), f.clone());
