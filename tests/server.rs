@@ -1,7 +1,8 @@
 //! `sd-onnx serve` through raw HTTP on 127.0.0.1: the API's images equal the CLI's byte for byte, bad requests
 //! get A1111-style 4xx errors and never take the server down, auth guards every endpoint, concurrent clients get
-//! their own images, a full queue answers 503, `/interrupt` and SIGTERM stop the running job, memory stays flat
-//! over hundreds of requests; and the `webuiapi` package (PyPI) drives it as it drives A1111.
+//! their own images, a full queue answers 503, `/interrupt`, SIGTERM and a client hanging up stop the running
+//! job, memory stays flat over hundreds of requests; and the `webuiapi` package (PyPI) drives it as it drives
+//! A1111.
 //!
 //! Every server here runs the bundled model (onnx/sd-emoji, 64x64) on the CPU, on a port the OS picks.
 
@@ -816,6 +817,59 @@ fn a_full_queue_answers_503_and_interrupt_stops_the_job() {
     wait_for_a_step(&s);
     assert_eq!(s.post("/sdapi/v1/interrupt", &json!({})).status, 200);
     assert_eq!(queued.join().unwrap().status, 409);
+    assert_eq!(
+        s.post("/sdapi/v1/txt2img", &json!({"prompt": "x", "steps": 1}))
+            .images()
+            .len(),
+        1
+    );
+}
+
+/// A client that hangs up does not leave its job running: the running one stops at its next step, a queued
+/// one is dropped before it starts, and the next client is served at once.
+#[test]
+fn a_client_that_hangs_up_cancels_its_job() {
+    let s = Server::start(&["--max-steps", "1000"]);
+    let long = json!({"prompt": "rocket", "steps": 900}).to_string();
+    let send = |body: &str| {
+        let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        let head = format!(
+            "POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        c.write_all(body.as_bytes()).unwrap();
+        c
+    };
+    let running = send(&long);
+    wait_for_a_step(&s);
+    let queued = send(&long);
+    let started = Instant::now();
+    while s.get("/sdapi/v1/progress").json()["state"]["queued"] != 1 {
+        assert!(started.elapsed() < Duration::from_secs(30), "not queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(queued);
+    drop(running);
+    // 900 steps take minutes here; both jobs must be gone within seconds.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = s.get("/sdapi/v1/progress").json();
+        let log = s.log.lock().unwrap().clone();
+        if p["state"]["job"] == ""
+            && p["state"]["queued"] == 0
+            && log.contains("went away during its job")
+            && log.contains("went away before its job started")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the jobs ran on after their clients left: {p}\n{}",
+            s.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         s.post("/sdapi/v1/txt2img", &json!({"prompt": "x", "steps": 1}))
             .images()

@@ -181,10 +181,24 @@ impl Worker {
                 Msg::Generate { reply, .. } if stopping => {
                     let _ = reply.send(Err(ApiError::unavailable("the server is shutting down")));
                 }
+                // The client hung up while its job waited (axum drops the handler, and with it the
+                // receiver): nobody would read the images, so the job is not run.
+                Msg::Generate { reply, .. } if reply.is_closed() => {
+                    self.shared
+                        .log("a client went away before its job started: the job is dropped");
+                }
                 Msg::Generate { job, queued, reply } => {
                     let waited = queued.elapsed();
-                    let result = self.generate(&mut loaded, *job, waited);
+                    let result = self.generate(&mut loaded, *job, waited, &reply);
                     self.shared.finished();
+                    if reply.is_closed() {
+                        self.shared.log(match &result {
+                            Err(e) if e.error == "Interrupted" => {
+                                "a client went away during its job: it was stopped at the next step"
+                            }
+                            _ => "a client went away before its answer was sent",
+                        });
+                    }
                     let _ = reply.send(result);
                 }
                 Msg::Switch { name, reply } => {
@@ -216,6 +230,7 @@ impl Worker {
         loaded: &mut Option<Loaded>,
         job: Job,
         waited: Duration,
+        reply: &oneshot::Sender<Result<Output, ApiError>>,
     ) -> Result<Output, ApiError> {
         let started = Instant::now();
         let want = job
@@ -257,7 +272,8 @@ impl Worker {
         let shared = self.shared.clone();
         let interrupter = model.pipeline.interrupter();
         let result = model.pipeline.run(plan, &mut |p| {
-            if shared.interrupt_requested() {
+            // `/interrupt`, or the client hung up (its receiver is gone): stop at the next step.
+            if shared.interrupt_requested() || reply.is_closed() {
                 interrupter.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             match p {
