@@ -69,9 +69,15 @@ fn entry(cache_dir: &Path, paths: &[PathBuf]) -> Option<PathBuf> {
     Some(cache_dir.join("hashes").join(format!("unet-{h:016x}.txt")))
 }
 
-/// The short model hash (10 hex digits) of `profile`'s UNet, from the cache in `cache_dir` when the files are
-/// unchanged; a cache that cannot be read or written is skipped silently (the hash is only recomputed).
+/// The short model hash (10 hex digits) of `profile`'s UNet: the start of [`unet_sha256`].
 pub fn unet_hash(profile: &ModelProfile, cache_dir: Option<&Path>) -> Result<String> {
+    Ok(unet_sha256(profile, cache_dir)?[..10].to_string())
+}
+
+/// The full SHA-256 (64 hex digits) of `profile`'s UNet files (A1111's `sha256` of a checkpoint), from the
+/// cache in `cache_dir` when the files are unchanged; a cache that cannot be read or written is skipped
+/// silently (the hash is only recomputed).
+pub fn unet_sha256(profile: &ModelProfile, cache_dir: Option<&Path>) -> Result<String> {
     let paths = files(profile);
     let cached = cache_dir.and_then(|d| entry(d, &paths));
     let stamps: String = paths
@@ -84,8 +90,9 @@ pub fn unet_hash(profile: &ModelProfile, cache_dir: Option<&Path>) -> Result<Str
         && let Some((hash, stamp)) = text.split_once('\n')
         && stamp == stamps
         && hash.len() == 64
+        && hash.bytes().all(|b| b.is_ascii_hexdigit())
     {
-        return Ok(hash[..10].to_string());
+        return Ok(hash.to_string());
     }
     let full = sha256_files(&paths)?;
     if let Some(entry) = cached
@@ -98,7 +105,7 @@ pub fn unet_hash(profile: &ModelProfile, cache_dir: Option<&Path>) -> Result<Str
         }
         let _ = std::fs::remove_file(&tmp);
     }
-    Ok(full[..10].to_string())
+    Ok(full)
 }
 
 #[cfg(test)]
@@ -113,6 +120,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(unet_hash(&profile, None).unwrap(), full[..10]);
         assert_eq!(unet_hash(&profile, Some(&dir)).unwrap(), full[..10]);
+        assert_eq!(unet_sha256(&profile, Some(&dir)).unwrap(), full);
         let entries: Vec<_> = std::fs::read_dir(dir.join("hashes")).unwrap().collect();
         assert_eq!(entries.len(), 1);
         // A cached value is used as long as the stamps match: a planted one comes back.

@@ -228,7 +228,12 @@ fn png_b64(img: &image::RgbImage) -> String {
 /// `parameters` chunk): txt2img with a batch (image i seeded seed + i), img2img and inpainting, a LoRA tag.
 #[test]
 fn the_api_equals_the_cli_byte_for_byte() {
-    let s = Server::start(&["--lora-dir", "examples"]);
+    let s = Server::start(&[
+        "--lora-dir",
+        "examples",
+        "--embeddings-dir",
+        "examples/embeddings",
+    ]);
     let dir = tmp("parity");
 
     let api = s
@@ -262,6 +267,28 @@ fn the_api_equals_the_cli_byte_for_byte() {
     assert!(
         api == cli_files,
         "txt2img with a LoRA: the API's PNG differs from the CLI's"
+    );
+
+    // A textual-inversion embedding from --embeddings-dir, named in the prompt (and its `TI hashes`).
+    let e = s.get("/sdapi/v1/embeddings").json();
+    assert_eq!(e["loaded"]["unicorn-face"]["vectors"], 4, "{e}");
+    let r = s.post(
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": "unicorn-face", "seed": 2, "steps": 6, "cfg_scale": 3}),
+    );
+    let api = r.images();
+    assert!(
+        r.json()["info"].as_str().unwrap().contains("TI hashes"),
+        "{}",
+        r.text()
+    );
+    let cli_files = cli(
+        "txt2img -p unicorn-face --seed 2 --steps 6 --guidance 3 --embeddings-dir examples/embeddings",
+        &dir.join("ti.png"),
+    );
+    assert!(
+        api == cli_files,
+        "txt2img with an embedding: the API's PNG differs from the CLI's"
     );
 
     // img2img from a rendered emoji, and inpainting its right half.
@@ -414,6 +441,19 @@ fn listings_have_a1111s_shapes() {
         .collect();
     assert_eq!(names[0], "sd-emoji");
     assert!(names.contains(&"sd-tiny-optimum"), "{names:?}");
+    // The loaded model's hashes: SHA-256 of its UNet file (this one has no external data), short = 10 digits.
+    use sha2::Digest;
+    let unet = std::fs::read(Path::new(MODEL).join("unet/model.onnx")).unwrap();
+    let sha256: String = sha2::Sha256::digest(&unet)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(models[0]["sha256"], sha256.as_str());
+    assert_eq!(models[0]["hash"], &sha256[..10]);
+    assert_eq!(
+        s.get("/sdapi/v1/options").json()["sd_checkpoint_hash"],
+        sha256.as_str()
+    );
     assert_eq!(
         names.iter().filter(|n| **n == "sd-emoji").count(),
         1,

@@ -236,7 +236,8 @@ struct Running {
 #[derive(Default)]
 struct CurrentModel {
     name: String,
-    hash: Option<String>,
+    /// The UNet's full SHA-256 ([`crate::model_hash::unet_sha256`]); the short hash is its first 10 digits.
+    sha256: Option<String>,
     /// Name, vectors, width.
     embeddings: Vec<(String, usize, usize)>,
     /// File, why.
@@ -604,9 +605,10 @@ async fn sd_models(State(s): State<AppState>) -> Response {
         .names()
         .iter()
         .map(|(name, path)| {
-            let hash = (current.name == *name).then(|| current.hash.clone()).flatten();
-            json!({"title": name, "model_name": name, "hash": hash.as_deref().map(|h| &h[..h.len().min(10)]),
-                   "sha256": null, "filename": path.display().to_string(), "config": null})
+            // Known for the loaded model; the others are hashed when loaded (A1111 too hashes lazily).
+            let sha256 = (current.name == *name).then(|| current.sha256.clone()).flatten();
+            json!({"title": name, "model_name": name, "hash": sha256.as_deref().map(|h| &h[..h.len().min(10)]),
+                   "sha256": sha256, "filename": path.display().to_string(), "config": null})
         })
         .collect();
     axum::Json(list).into_response()
@@ -679,7 +681,7 @@ async fn interrupt(State(s): State<AppState>) -> Response {
 async fn get_options(State(s): State<AppState>) -> Response {
     let mut o = lock(&s.shared.options).clone();
     let current = s.shared.lock_model();
-    o.insert("sd_checkpoint_hash".into(), json!(current.hash));
+    o.insert("sd_checkpoint_hash".into(), json!(current.sha256));
     o.insert("samples_format".into(), json!("png"));
     axum::Json(Value::Object(o)).into_response()
 }

@@ -9,7 +9,7 @@ use crate::embeddings::{Embedding, Refused};
 use crate::error::Error;
 use crate::infotext;
 use crate::lora::{Active, LoraFile};
-use crate::model_hash::unet_hash;
+use crate::model_hash::unet_sha256;
 use crate::output::{OutputFormat, encode};
 use crate::pipeline::{MemoryMode, Pipeline, Progress, resolve};
 use crate::profile::ModelProfile;
@@ -81,14 +81,15 @@ impl Worker {
         })?;
         let started = Instant::now();
         let profile = ModelProfile::load(&dir).map_err(ApiError::from)?;
-        let hash = unet_hash(&profile, self.runtime.config.cache_dir.as_deref())
+        let sha256 = unet_sha256(&profile, self.runtime.config.cache_dir.as_deref())
             .map_err(ApiError::from)?;
+        let hash = sha256[..10].to_string();
         let mut pipeline = Pipeline::with_memory(&self.runtime, profile, MemoryMode::KeepAll)
             .map_err(ApiError::from)?;
         self.set_embeddings(&mut pipeline)?;
         let mut current = self.shared.lock_model();
         current.name = name.to_string();
-        current.hash = Some(hash.clone());
+        current.sha256 = Some(sha256);
         drop(current);
         self.shared.log(&format!(
             "model {name}: sessions ready in {:.1} s",
